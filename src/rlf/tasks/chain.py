@@ -1,0 +1,56 @@
+"""`chain`: variable-pointer chains. k hops = a value assignment then k variable-to-variable links.
+
+`order="forward"` (the seeds' protocol): statements in chain order, targets from the chain head,
+`A = moon. B = A. C = B. What is C?` -> `A, B, moon`. `order="backward"` (genuine pointer chasing):
+statements shuffled, targets dereference from the queried variable -> `B, A, moon`. `distractors=N`
+interleaves N unrelated chains; every variable is assigned exactly once.
+"""
+
+from __future__ import annotations
+
+from random import Random
+
+from rlf.errors import RLFError
+from rlf.tasks.sampling import Sample, check_count, check_pool
+from rlf.tasks.vocab import Vocab
+
+ORDERS = ("forward", "backward")
+
+
+def sample_chain(rng: Random, hops: int, vocab: Vocab, order: str = "backward", distractors: int = 0) -> Sample:
+    """One k-hop chain (k + 1 targets, the last is the value) with `distractors` unrelated chains."""
+    if order not in ORDERS:
+        raise RLFError(f"chain: option order={order!r} must be one of {', '.join(ORDERS)}")
+    check_count("chain", "distractors", distractors)
+    lengths = [hops] + [rng.randint(1, hops) for _ in range(distractors)]
+    n_names = sum(length + 1 for length in lengths)
+    check_pool("chain", "variable names", n_names, vocab.names, "use fewer hops or distractors")
+    names = rng.sample(vocab.names, n_names)
+    values = rng.sample(vocab.words, len(lengths))
+
+    chains, start = [], 0  # chains[c] = that chain's statements in chain order
+    for length, value in zip(lengths, values):
+        var = names[start : start + length + 1]
+        chains.append([f"{var[0]} = {value}."] + [f"{var[i]} = {var[i - 1]}." for i in range(1, length + 1)])
+        start += length + 1
+    main = names[: hops + 1]
+
+    if order == "forward":  # a random interleaving that keeps each chain's own order
+        slots = [c for c, statements in enumerate(chains) for _ in statements]
+        rng.shuffle(slots)
+        cursor = [0] * len(chains)
+        statements = []
+        for c in slots:
+            statements.append(chains[c][cursor[c]])
+            cursor[c] += 1
+        pointers = main[:-1]
+    else:
+        statements = [s for chain in chains for s in chain]
+        rng.shuffle(statements)
+        pointers = main[-2::-1]
+    return Sample(
+        statements=statements,
+        question=f"What is {main[-1]}?",
+        targets=[*pointers, values[0]],
+        meta={"order": order, "distractors": distractors},
+    )
