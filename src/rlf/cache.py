@@ -1,0 +1,152 @@
+"""Frozen-base encodings on disk, memory-mapped, keyed by everything that produced them.
+
+Layout of one entry, ``<cache_dir>/<key>/``:
+  hidden.bin   every prompt's hidden states packed back to back at its own length: [total_tokens, d]
+  index.json   n, d, storage dtype, offsets and lengths, and what produced it (base, layers, template)
+The key hashes the base fingerprint, ``encoder_layers``, the template, the storage dtype and the exact
+prompt texts, so any change makes a new entry. An entry is built in ``<key>.partial/`` and renamed into
+place when complete; an interrupted build resumes from its last finished batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rlf.base import Base
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "{prompt}\nAnswer:"
+STORAGE = {"float16": (np.float16, torch.float16), "bfloat16": (np.uint16, torch.bfloat16)}  # bf16 as raw bits
+
+
+def apply_template(template: str, prompt: str) -> str:
+    """The text the base encodes for a prompt."""
+    return template.replace("{prompt}", prompt)
+
+
+def cache_key(base: Base, template: str, prompts: list[str], storage: str) -> str:
+    """A hash of everything an encoding depends on."""
+    h = hashlib.sha256()
+    for part in (base.fingerprint, str(base.encoder_layers), template, storage):
+        h.update(part.encode() + b"\0")
+    for p in prompts:
+        h.update(p.encode() + b"\0")
+    return h.hexdigest()[:24]
+
+
+@dataclass
+class EncodedSet:
+    """Memory-mapped encodings of N prompts: `batch(idx)` gives right-padded [B, T, d] float32 and lengths."""
+
+    hidden: np.memmap  # (total_tokens, d)
+    offsets: np.ndarray  # (N,)
+    lengths: np.ndarray  # (N,)
+    storage: str
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def d(self) -> int:
+        return self.hidden.shape[1]
+
+    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded hidden states (B, T, d) float32 and lengths (B,) for example indices `idx`."""
+        idx = np.asarray(idx)
+        lengths = self.lengths[idx]
+        T = int(lengths.max())
+        out = np.zeros((len(idx), T, self.d), dtype=self.hidden.dtype)
+        for row, i in enumerate(idx):
+            out[row, : lengths[row]] = self.hidden[self.offsets[i] : self.offsets[i] + lengths[row]]
+        if self.storage == "bfloat16":
+            x = torch.from_numpy(out.view(np.int16)).view(torch.bfloat16)
+        else:
+            x = torch.from_numpy(out)
+        return x.float(), torch.from_numpy(lengths.astype(np.int64))
+
+
+def _open(path: Path) -> EncodedSet:
+    index = json.loads((path / "index.json").read_text())
+    np_dtype = STORAGE[index["storage"]][0]
+    total = int(sum(index["lengths"]))
+    hidden = np.memmap(path / "hidden.bin", dtype=np_dtype, mode="r", shape=(total, index["d"]))
+    return EncodedSet(
+        hidden, np.asarray(index["offsets"], np.int64), np.asarray(index["lengths"], np.int64), index["storage"], path
+    )
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def encode_cached(
+    base: Base,
+    prompts: list[str],
+    cache_dir: str | Path,
+    template: str = DEFAULT_TEMPLATE,
+    storage: str = "float16",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> EncodedSet:
+    """Encode each prompt once with the frozen base and keep the result on disk; reuse it when nothing changed."""
+    if storage not in STORAGE:
+        raise ValueError(f"storage must be one of {list(STORAGE)}")
+    texts = [apply_template(template, p) for p in prompts]
+    key = cache_key(base, template, texts, storage)
+    final = Path(cache_dir) / key
+    if (final / "index.json").is_file():
+        log.info("encoding cache hit: %s (%d prompts)", final, len(texts))
+        return _open(final)
+
+    ids = base.tokenize(texts)
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    d = base.hidden_size
+    np_dtype, torch_dtype = STORAGE[storage]
+    partial = Path(cache_dir) / f"{key}.partial"
+    partial.mkdir(parents=True, exist_ok=True)
+    mode = "r+" if (partial / "hidden.bin").is_file() else "w+"
+    hidden = np.memmap(partial / "hidden.bin", dtype=np_dtype, mode=mode, shape=(int(lengths.sum()), d))
+    done_file = partial / "done.json"
+    done = json.loads(done_file.read_text())["batches"] if done_file.is_file() else 0
+
+    order = np.argsort(-lengths, kind="stable")  # similar lengths share a batch: little padding
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if done:
+        log.info("resuming an interrupted encoding at batch %d/%d", done, len(batches))
+    bar = tqdm(total=len(texts), initial=min(done * batch_size, len(texts)), unit="prompt", desc="encode",
+               disable=not progress, dynamic_ncols=True)
+    for b in range(done, len(batches)):
+        idx = batches[b]
+        h, _ = base.encode_ids([ids[i] for i in idx])  # (B, T, d)
+        h = h.to(torch_dtype).cpu()
+        h = h.view(torch.int16).numpy().view(np.uint16) if storage == "bfloat16" else h.numpy()
+        for row, i in enumerate(idx):
+            hidden[offsets[i] : offsets[i] + lengths[i]] = h[row, : lengths[i]]
+        hidden.flush()
+        _write_json(done_file, {"batches": b + 1})
+        bar.update(len(idx))
+    bar.close()
+    del hidden
+    meta = {"base": base.spec, "fingerprint": base.fingerprint, "encoder_layers": base.encoder_layers,
+            "template": template, "storage": storage, "n": len(texts), "d": d,
+            "offsets": offsets.tolist(), "lengths": lengths.tolist()}
+    _write_json(partial / "index.json", meta)
+    done_file.unlink()
+    os.replace(partial, final)
+    return _open(final)

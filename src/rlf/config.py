@@ -1,0 +1,165 @@
+"""The training configuration: one typed dataclass, presets as YAML files, `key=value` overrides.
+
+Unknown keys and wrong types are errors that name the key, the file and what would be valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from rlf.errors import RLFError
+
+
+@dataclass
+class TrainConfig:
+    # base and encoding
+    base: str = "smollm2-135m"
+    encoder_layers: int | None = 6  # the seeds' frozen bottom split; None = all layers
+    template: str = "{prompt}\nAnswer:"
+    storage: Literal["float16", "bfloat16"] = "float16"
+    cache_dir: str = "cache/encodings"
+    # data: generated from `task` unless train_file/val_file are given
+    task: str = "chain"
+    order: Literal["forward", "backward"] = "forward"
+    distractors: int = 0
+    hops: str = "1-5"
+    n_train: int = 20000
+    n_val: int = 500
+    data_seed: int = 0
+    train_file: str | None = None
+    val_file: str | None = None
+    # model (see rlf.model.RLFConfig)
+    core: Literal["mamba2", "transformer", "mamba1"] = "mamba2"
+    lifeline: Literal["vector", "scalar", "none"] = "vector"
+    loop_pos: Literal["rope", "learned", "none"] = "rope"
+    max_loops: int = 16
+    train_head: bool = False
+    scratchpad: int = 0
+    bridge_rank: int = 0
+    chunk_size: int = 64
+    supervision: Literal["per_loop", "final"] = "per_loop"
+    extra_halt_loops: int = 1  # loops past the longest trace in a batch, all <HALT>: teaches halting to stick
+    # optimisation
+    seed: int = 0
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    max_steps: int = 2000
+    grad_clip: float = 1.0
+    bf16: bool = False  # autocast on CUDA; the lifeline gate stays float32
+    device: str = "auto"
+    # validation, early stop, checkpoints, logging
+    val_every: int = 50
+    early_stop_acc: float = 0.99  # stop when val trace accuracy >= this ...
+    early_stop_patience: int = 2  # ... at this many consecutive validations (0 = never stop early)
+    ckpt_every: int = 100
+    log_every: int = 10
+    max_bad_steps: int = 20  # consecutive non-finite losses/gradients before the run stops
+
+    def __post_init__(self):
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type, "config")
+        for name in ("n_train", "n_val", "batch_size", "max_steps", "val_every", "ckpt_every", "log_every", "max_loops"):
+            if getattr(self, name) <= 0:
+                raise RLFError(f"config {name}={getattr(self, name)}: must be a positive integer")
+        if self.lr <= 0:
+            raise RLFError(f"config lr={self.lr}: must be positive")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self, ignore: tuple[str, ...] = ("max_steps", "device", "val_every", "ckpt_every", "log_every")) -> str:
+        """A hash of the settings that change what is trained (not how long, where, or how often it reports)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ignore}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _check_type(name: str, value, declared, where: str) -> None:
+    hint = _HINTS[name]
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in args:
+            raise RLFError(f"{where}: {name}={value!r}: use one of {', '.join(map(str, args))}")
+        return
+    allowed = tuple(a for a in args if a is not type(None)) if args else (hint,)
+    if value is None and type(None) in args:
+        return
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        names = " or ".join(a.__name__ for a in allowed) + (" or null" if type(None) in args else "")
+        raise RLFError(f"{where}: {name}={value!r}: expected {names}")
+
+
+def _parse_value(name: str, text: str):
+    """Turn an override string into the field's type (YAML scalars: 1, 0.5, true, null, words)."""
+    hint = _HINTS[name]
+    if str in (typing.get_args(hint) or (hint,)) and text not in ("null", "None"):
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("rlf.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) if isinstance(path, (str, Path)) else yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RLFError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RLFError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(preset: str | None = "default", overrides: list[str] | tuple = (), config_file: str | None = None
+                ) -> TrainConfig:
+    """A preset (or a YAML file), then `key=value` overrides; every key checked against TrainConfig."""
+    known = {f.name for f in fields(TrainConfig)}
+    values: dict = {}
+    sources = []
+    if config_file is not None:
+        if not Path(config_file).is_file():
+            raise RLFError(f"--config {config_file}: no such file")
+        sources.append((config_file, _read_yaml(config_file)))
+    elif preset is not None:
+        if preset not in preset_names():
+            raise RLFError(f"--preset {preset}: unknown preset; available: {', '.join(preset_names())}")
+        sources.append((f"preset {preset}", _read_yaml(resources.files("rlf.configs") / f"{preset}.yaml")))
+    for where, data in sources:
+        for k, v in data.items():
+            if k not in known:
+                raise RLFError(f"{where}: unknown key {k!r}; valid keys: {', '.join(sorted(known))}")
+            _check_type(k, v, None, where)
+            values[k] = v
+    for item in overrides:
+        if "=" not in item:
+            raise RLFError(f"override {item!r}: write key=value (e.g. lr=1e-3)")
+        k, text = item.split("=", 1)
+        k = k.strip().replace("-", "_")
+        if k not in known:
+            raise RLFError(f"override {item!r}: unknown key {k!r}; valid keys: {', '.join(sorted(known))}")
+        v = _parse_value(k, text)
+        _check_type(k, v, None, f"override {item!r}")
+        values[k] = v
+    return TrainConfig(**values)

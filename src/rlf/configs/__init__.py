@@ -1,0 +1,1 @@
+"""Training presets (YAML), shipped with the package."""

@@ -1,0 +1,241 @@
+"""The RLF loop: prompt lifeline, loop position, reasoning core, loop norm, and the head with a <HALT> row.
+
+    x = x_prompt                                   # frozen base encoding, computed once   (B, T, d)
+    for i in 0, 1, 2, ...:
+        x = x + gate * x_prompt                    # Prompt Lifeline
+        x = loop_position(x, i)                    # rotary encoding of the loop index
+        x = x + core(x)                            # residual update, causal in T
+        x = loop_norm(x)
+        logits_i = head(x[:, answer_pos])          # base LM head (+ final norm) and one extra row for <HALT>
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlf.cores import build_core
+from rlf.errors import RLFError
+
+
+@dataclass
+class RLFConfig:
+    d_model: int
+    vocab_size: int  # the base vocabulary; the <HALT> id is vocab_size
+    core: Literal["mamba2", "transformer", "mamba1"] = "mamba2"
+    lifeline: Literal["vector", "scalar", "none"] = "vector"
+    loop_pos: Literal["rope", "learned", "none"] = "rope"
+    max_loops: int = 16  # rows of the `learned` table (clamped beyond) and the default limit of `solve`
+    train_head: bool = False  # fine-tune the base LM head and final norm (else frozen; the HALT row always trains)
+    scratchpad: int = 0  # K learned memory tokens prepended to the sequence (0 = off)
+    bridge_rank: int = 0  # low-rank bridge x + up(down(x)) before the head (0 = off)
+    chunk_size: int = 64  # Mamba2 scan chunk: ~ the prompt length on CPU, where the scan pads to whole chunks
+
+    def __post_init__(self):
+        for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
+                            ("loop_pos", ("rope", "learned", "none"))):
+            if getattr(self, name) not in valid:
+                raise RLFError(f"model.{name}={getattr(self, name)!r}: use one of {', '.join(valid)}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RLFConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def loop_rope(x: torch.Tensor, loop_index: int | torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotate interleaved pairs (x0,x1), (x2,x3), ... by loop_index * base^(-2j/d): identity at 0, norm-preserving."""
+    d = x.shape[-1]
+    inv_freq = base ** (-torch.arange(0, d // 2, device=x.device, dtype=torch.float32) * 2 / d)  # (d/2,)
+    angle = torch.as_tensor(loop_index, device=x.device, dtype=torch.float32) * inv_freq
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]  # (..., d/2)
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+class RLFModel(nn.Module):
+    """The loop model on top of a frozen base's encodings; the base's LM head and final norm form the head."""
+
+    def __init__(self, cfg: RLFConfig, lm_head: torch.Tensor, final_norm: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        if lm_head.shape != (cfg.vocab_size, d):
+            raise ValueError(f"lm_head is {tuple(lm_head.shape)}, expected ({cfg.vocab_size}, {d})")
+        if cfg.lifeline != "none":
+            self.lifeline_gate = nn.Parameter(torch.ones(d if cfg.lifeline == "vector" else 1, dtype=torch.float32))
+        if cfg.loop_pos == "learned":
+            self.loop_embedding = nn.Parameter(torch.randn(cfg.max_loops, d) * 0.02)
+        if cfg.scratchpad:
+            self.scratchpad = nn.Parameter(torch.randn(cfg.scratchpad, d) * 0.02)
+        self.core = build_core(cfg.core, d, chunk_size=cfg.chunk_size)
+        self.loop_norm = nn.RMSNorm(d, eps=1e-5)
+        if cfg.bridge_rank:
+            self.bridge_down = nn.Linear(d, cfg.bridge_rank, bias=False)
+            self.bridge_up = nn.Linear(cfg.bridge_rank, d, bias=False)
+            nn.init.zeros_(self.bridge_up.weight)
+        self.final_norm = copy.deepcopy(final_norm).float().requires_grad_(cfg.train_head)
+        if cfg.train_head:
+            self.lm_head = nn.Parameter(lm_head.detach().float().clone())
+        else:
+            self.register_buffer("lm_head", lm_head.detach().float(), persistent=False)
+        self.halt_row = nn.Parameter(lm_head.detach().float().mean(0, keepdim=True).clone())  # (1, d)
+
+    @property
+    def halt_id(self) -> int:
+        return self.cfg.vocab_size
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits over the base vocabulary plus <HALT> (last index) for answer-position states (..., d)."""
+        if self.cfg.bridge_rank:
+            h = h + self.bridge_up(self.bridge_down(h))
+        h = self.final_norm(h)
+        return F.linear(h, torch.cat([self.lm_head, self.halt_row], 0))  # (..., V + 1)
+
+    def lifeline_source(self, x_prompt, lengths, prompt_mode: str, generator: torch.Generator | None):
+        """What the lifeline re-injects: the prompt, Gaussian noise of matched norm, or the prompt shuffled."""
+        if prompt_mode == "intact":
+            return x_prompt
+        B, T, _ = x_prompt.shape
+        valid = torch.arange(T, device=x_prompt.device)[None, :] < lengths[:, None].to(x_prompt.device)  # (B, T)
+        if prompt_mode == "noise":
+            noise = torch.randn(x_prompt.shape, generator=generator, device="cpu").to(x_prompt)
+            noise = noise * (x_prompt.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+            return noise * valid[..., None]
+        if prompt_mode == "shuffle":  # permute positions within each prompt's own length
+            keys = torch.rand(B, T, generator=generator, device="cpu").to(x_prompt.device)
+            keys = torch.where(valid, keys, torch.full_like(keys, 2.0))  # padding stays at the end
+            perm = keys.argsort(dim=1)  # (B, T)
+            return x_prompt.gather(1, perm[..., None].expand_as(x_prompt))
+        raise RLFError(f"prompt_mode={prompt_mode!r}: use intact, noise or shuffle")
+
+    def step(self, x, source, loop_index: int, gate_scale: float = 1.0):
+        """One loop iteration on the full sequence state x (B, T', d)."""
+        if self.cfg.lifeline != "none":
+            inject = (self.lifeline_gate * gate_scale).to(x.dtype) * source
+            if self.cfg.scratchpad:  # the lifeline reaches prompt positions only
+                inject = F.pad(inject, (0, 0, self.cfg.scratchpad, 0))
+            x = x + inject
+        if self.cfg.loop_pos == "rope":
+            x = loop_rope(x, loop_index)
+        elif self.cfg.loop_pos == "learned":
+            x = x + self.loop_embedding[min(loop_index, self.cfg.max_loops - 1)]
+        x = x + self.core(x)
+        return self.loop_norm(x)
+
+    def _start(self, x_prompt, lengths):
+        B = x_prompt.shape[0]
+        x = x_prompt
+        if self.cfg.scratchpad:
+            x = torch.cat([self.scratchpad.to(x.dtype).expand(B, -1, -1), x], dim=1)
+        answer_pos = lengths.to(x.device) - 1 + self.cfg.scratchpad  # (B,)
+        return x, answer_pos
+
+    def forward(
+        self, x_prompt: torch.Tensor, lengths: torch.Tensor, n_loops: int, *, gate_scale: float = 1.0,
+        prompt_mode: str = "intact", generator: torch.Generator | None = None, return_states: bool = False,
+    ):
+        """Per-loop logits at the answer position, (B, n_loops, V + 1); with return_states also (B, n_loops, d)."""
+        source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
+        x, answer_pos = self._start(x_prompt, lengths)
+        rows = torch.arange(x.shape[0], device=x.device)
+        states = []
+        for i in range(n_loops):
+            x = self.step(x, source, i, gate_scale)
+            states.append(x[rows, answer_pos])  # (B, d)
+        h = torch.stack(states, 1)  # (B, L, d)
+        logits = self.head(h)
+        return (logits, h) if return_states else logits
+
+    @torch.no_grad()
+    def solve(
+        self, x_prompt: torch.Tensor, lengths: torch.Tensor, max_loops: int | None = None, *, gate_scale: float = 1.0,
+        prompt_mode: str = "intact", generator: torch.Generator | None = None, min_loops: int = 0,
+        return_states: bool = False,
+    ) -> dict:
+        """Loop until every example has emitted <HALT> (or max_loops); finished examples stop changing.
+
+        Returns tensors (B, L): `tokens` (top-1 id), `p` (its probability), `p_halt`, and `halted_at` (B,)
+        = the loop index of the first <HALT>, or -1. Memory is O(1) in the loop count: only the current
+        state is kept (plus the (B, L) outputs, and (B, L, d) answer states when return_states).
+        `min_loops` forces at least that many loops (to check that answers are stable after <HALT>).
+        """
+        max_loops = max_loops or self.cfg.max_loops
+        source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
+        x, answer_pos = self._start(x_prompt, lengths)
+        B = x.shape[0]
+        rows = torch.arange(B, device=x.device)
+        halted_at = torch.full((B,), -1, dtype=torch.long, device=x.device)
+        tokens, probs, halt_ps, states = [], [], [], []
+        for i in range(max_loops):
+            x_new = self.step(x, source, i, gate_scale)
+            done = halted_at >= 0
+            x = torch.where(done[:, None, None], x, x_new)  # a finished example keeps its state
+            h = x[rows, answer_pos]
+            p = self.head(h).float().softmax(-1)  # (B, V + 1)
+            top_p, top = p.max(-1)
+            tokens.append(torch.where(done, self.halt_id, top))
+            probs.append(top_p)
+            halt_ps.append(p[:, self.halt_id])
+            if return_states:
+                states.append(h)
+            halted_at = torch.where(~done & (top == self.halt_id), torch.full_like(halted_at, i), halted_at)
+            if (halted_at >= 0).all() and i + 1 >= min_loops:
+                break
+        out = {"tokens": torch.stack(tokens, 1), "p": torch.stack(probs, 1), "p_halt": torch.stack(halt_ps, 1),
+               "halted_at": halted_at}
+        if return_states:
+            out["states"] = torch.stack(states, 1)
+        return out
+
+
+def loop_targets(target_ids: list[list[int]], halt_id: int, n_loops: int, supervision: str = "per_loop") -> torch.Tensor:
+    """Targets (B, n_loops): each example's per-loop ids, then <HALT> at every later loop (absorbing halt).
+
+    With supervision="final" only the answer loop and the halt loops are supervised (others = -100, ignored).
+    """
+    out = torch.full((len(target_ids), n_loops), halt_id, dtype=torch.long)
+    for row, ids in enumerate(target_ids):
+        if len(ids) >= n_loops:
+            raise ValueError(f"example {row} has {len(ids)} targets; n_loops={n_loops} leaves no loop for <HALT>")
+        out[row, : len(ids)] = torch.tensor(ids)
+        if supervision == "final":
+            out[row, : len(ids) - 1] = -100
+    return out
+
+
+def loop_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy at every loop, vectorised over batch and loops; plus per-loop loss and accuracies."""
+    B, L, V = logits.shape
+    ce = F.cross_entropy(logits.float().reshape(B * L, V), targets.reshape(B * L), ignore_index=-100, reduction="none")
+    ce = ce.view(B, L)
+    mask = targets != -100
+    loss = ce.sum() / mask.sum().clamp_min(1)
+    with torch.no_grad():
+        correct = (logits.argmax(-1) == targets) | ~mask  # (B, L)
+        stats = {
+            "per_loop_loss": ((ce * mask).sum(0) / mask.sum(0).clamp_min(1)).tolist(),
+            "per_loop_acc": (correct.float().mean(0)).tolist(),
+            "trace_acc": correct.all(1).float().mean().item(),
+        }
+    return loss, stats
+
+
+def trainable_parameters(model: RLFModel) -> dict[str, nn.Parameter]:
+    """Name -> parameter for everything that trains (what a checkpoint stores)."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["RLFConfig", "RLFModel", "loop_rope", "loop_targets", "loop_loss", "trainable_parameters"]

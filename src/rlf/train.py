@@ -1,0 +1,412 @@
+"""Training: data -> cached encodings -> the loop model, read top to bottom in `train()`.
+
+A run directory holds `config.json` (the resolved TrainConfig), `train.jsonl`/`val.jsonl` (the exact data),
+`metrics.jsonl`, `summary.md`, `model.safetensors` + `model.json` at the end, and `checkpoint/` (weights,
+optimizer and schedule state, all safetensors/JSON, written atomically) from which `--resume` continues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from rlf.base import Base, load_base
+from rlf.cache import EncodedSet, encode_cached
+from rlf.config import TrainConfig
+from rlf.errors import RLFError
+from rlf.model import RLFConfig, RLFModel, loop_loss, loop_targets, trainable_parameters
+from rlf.tasks import Example, read_jsonl, target_token_id, write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+@dataclass
+class Split:
+    """Examples of one split with their cached encodings and per-loop target ids."""
+
+    examples: list[Example]
+    encoded: EncodedSet
+    target_ids: list[list[int]]
+
+    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        x, lengths = self.encoded.batch(idx)
+        return x, lengths, [self.target_ids[i] for i in idx]
+
+
+def target_ids_of(examples: list[Example], tokenizer, source: str) -> list[list[int]]:
+    """Per-loop target ids; a target that is not one token names the example and loop."""
+    cache: dict[str, int] = {}
+    out = []
+    for n, ex in enumerate(examples, 1):
+        ids = []
+        for loop, t in enumerate(ex.targets):
+            if t not in cache:
+                try:
+                    cache[t] = target_token_id(tokenizer, t)
+                except RLFError as e:
+                    raise RLFError(f"{source}: example {n} (id {ex.id}), targets[{loop}]: {e}") from None
+            ids.append(cache[t])
+        out.append(ids)
+    return out
+
+
+def make_data(cfg: TrainConfig, tokenizer) -> tuple[list[Example], list[Example]]:
+    """Train and val examples: from files when given, else generated (val with a different seed, no shared prompt)."""
+    opts = {"order": cfg.order, "distractors": cfg.distractors} if cfg.task == "chain" else {}
+    if not (cfg.train_file and cfg.val_file):
+        from rlf.tasks import generate, parse_hops
+    if cfg.train_file:
+        train = read_jsonl(cfg.train_file)
+    else:
+        train = generate(cfg.task, cfg.n_train, parse_hops(cfg.hops), cfg.data_seed, tokenizer, **opts)
+    if cfg.val_file:
+        val = read_jsonl(cfg.val_file)
+    else:
+        seen = {ex.prompt for ex in train}
+        pool = generate(cfg.task, cfg.n_val * 2, parse_hops(cfg.hops), cfg.data_seed + 7919, tokenizer, **opts)
+        val = [ex for ex in pool if ex.prompt not in seen][: cfg.n_val]
+    return train, val
+
+
+def prepare_split(examples: list[Example], base: Base, cfg: TrainConfig, name: str, progress: bool) -> Split:
+    if not examples:
+        raise RLFError(f"{name}: no examples")
+    encoded = encode_cached(base, [ex.prompt for ex in examples], cfg.cache_dir, cfg.template, cfg.storage,
+                            progress=progress)
+    return Split(examples, encoded, target_ids_of(examples, base.tokenizer, name))
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+def build_model(cfg: TrainConfig, base: Base) -> RLFModel:
+    """The loop model for a config, initialised from `cfg.seed` (not the global RNG stream)."""
+    mcfg = RLFConfig(
+        d_model=base.hidden_size, vocab_size=base.lm_head.shape[0], core=cfg.core, lifeline=cfg.lifeline,
+        loop_pos=cfg.loop_pos, max_loops=cfg.max_loops, train_head=cfg.train_head, scratchpad=cfg.scratchpad,
+        bridge_rank=cfg.bridge_rank, chunk_size=cfg.chunk_size,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = RLFModel(mcfg, base.lm_head, base.final_norm)
+    return model.to(base.device)
+
+
+def make_optimizer(model: RLFModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with no weight decay on the gate, norms, HALT row, scratchpad and loop embedding (1-D or special)."""
+    decay, no_decay = [], []
+    for name, p in trainable_parameters(model).items():
+        special = any(k in name for k in ("lifeline_gate", "norm", "halt_row", "scratchpad", "loop_embedding"))
+        (no_decay if special or p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup then cosine decay to 10% of lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def batch_order(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """The example indices of a step: a fresh permutation each epoch, derived from (seed, epoch) alone."""
+    per_epoch = max(1, n // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return perm[k * batch_size : (k + 1) * batch_size].tolist()
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(run: Path, model: RLFModel, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Write checkpoint/ atomically: build checkpoint.tmp/, fsync, then swap it in with renames."""
+    tmp, final, old = run / "checkpoint.tmp", run / "checkpoint", run / "checkpoint.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().contiguous() for k, v in trainable_parameters(model).items()}, tmp / "model.safetensors")
+    opt_sd = opt.state_dict()
+    tensors = {f"{pid}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous()
+               for pid, st in opt_sd["state"].items() for k, v in st.items()}
+    save_file(tensors, tmp / "optimizer.safetensors")
+    state = dict(state, param_groups=[{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
+                                      for g in opt_sd["param_groups"]])
+    _fsync_write(tmp / "state.json", json.dumps(state).encode())
+    for f in ("model.safetensors", "optimizer.safetensors"):
+        with open(tmp / f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    dfd = os.open(run, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def load_checkpoint(run: Path, model: RLFModel, opt: torch.optim.Optimizer) -> dict:
+    """Restore weights and optimizer from checkpoint/ (or checkpoint.old if a swap was interrupted)."""
+    ckpt = run / "checkpoint"
+    if not (ckpt / "state.json").is_file() and (run / "checkpoint.old" / "state.json").is_file():
+        ckpt = run / "checkpoint.old"
+    if not (ckpt / "state.json").is_file():
+        raise RLFError(f"{run}: no checkpoint to resume from (expected {ckpt}/state.json)")
+    load_weights(model, ckpt / "model.safetensors")
+    state = json.loads((ckpt / "state.json").read_text())
+    flat = load_file(ckpt / "optimizer.safetensors")
+    opt_state: dict = {}
+    for key, v in flat.items():
+        pid, k = key.split(".", 1)
+        opt_state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
+    return state
+
+
+def load_weights(model: RLFModel, path: Path) -> None:
+    """Load trainable weights from a safetensors file; missing or unexpected names are an error."""
+    try:
+        tensors = load_file(path)
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise RLFError(f"{path}: not a valid safetensors file ({e})") from None
+    expected = trainable_parameters(model)
+    if set(tensors) != set(expected):
+        raise RLFError(f"{path}: weights do not match the model: missing {sorted(set(expected) - set(tensors))}, "
+                       f"unexpected {sorted(set(tensors) - set(expected))}")
+    with torch.no_grad():
+        for k, p in expected.items():
+            p.copy_(tensors[k])
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def validate(model: RLFModel, split: Split, batch_size: int = 64) -> dict:
+    """Trace accuracy (every loop right and <HALT> at the right loop) and answer accuracy on a split."""
+    model.eval()
+    n_trace = n_answer = 0
+    for i in range(0, len(split.examples), batch_size):
+        idx = list(range(i, min(i + batch_size, len(split.examples))))
+        x, lengths, tids = split.batch(idx)
+        n_loops = max(len(t) for t in tids) + 1
+        logits = model(x.to(model.lm_head.device), lengths, n_loops)
+        pred = logits.argmax(-1).cpu()
+        targets = loop_targets(tids, model.halt_id, n_loops)
+        for row, t in enumerate(tids):
+            k = len(t)
+            n_trace += bool((pred[row, : k + 1] == targets[row, : k + 1]).all())
+            n_answer += bool(pred[row, k - 1] == t[-1])
+    model.train()
+    n = len(split.examples)
+    return {"val_trace_acc": n_trace / n, "val_answer_acc": n_answer / n, "val_n": n}
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool = False, progress: bool = True,
+          base: Base | None = None) -> dict:
+    """Train an RLF model into run directory `out`; with resume=True continue from its checkpoint."""
+    run = Path(out)
+    if resume:
+        saved = TrainConfig(**json.loads((run / "config.json").read_text()))
+        if saved.digest() != cfg.digest() and not force:
+            diff = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items() if getattr(cfg, k) != v}
+            raise RLFError(f"{run}: the config differs from the one the run started with: {diff}; "
+                           "resume without overrides, or pass --force to continue anyway")
+    elif (run / "config.json").exists():
+        raise RLFError(f"{run} already holds a run; use `rlf train --resume {run}` or choose another --out")
+    run.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.seed)
+    base = base or load_base(cfg.base, cfg.encoder_layers, device=cfg.device)
+    if resume:  # the exact data the run started with
+        train_ex, val_ex = read_jsonl(run / "train.jsonl"), read_jsonl(run / "val.jsonl")
+        digests = json.loads((run / "data.json").read_text())
+        now = {"train": file_digest(run / "train.jsonl"), "val": file_digest(run / "val.jsonl")}
+        if now != digests and not force:
+            raise RLFError(f"{run}: train.jsonl/val.jsonl changed since the run started ({digests} -> {now}); "
+                           "pass --force to continue on the changed data")
+    else:
+        train_ex, val_ex = make_data(cfg, base.tokenizer)
+        write_jsonl(train_ex, run / "train.jsonl")
+        write_jsonl(val_ex, run / "val.jsonl")
+        (run / "data.json").write_text(json.dumps({"train": file_digest(run / "train.jsonl"),
+                                                   "val": file_digest(run / "val.jsonl")}))
+        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    t_encode = time.perf_counter()
+    train_split = prepare_split(train_ex, base, cfg, str(run / "train.jsonl"), progress)
+    val_split = prepare_split(val_ex, base, cfg, str(run / "val.jsonl"), progress)
+    encode_s = time.perf_counter() - t_encode
+
+    model = build_model(cfg, base)
+    opt = make_optimizer(model, cfg)
+    state = {"step": 0, "good_checks": 0, "bad_steps": 0, "skipped_steps": 0, "train_seconds": 0.0,
+             "best_val_trace_acc": 0.0, "config_digest": cfg.digest(), "stopped": None}
+    if resume:
+        state.update(load_checkpoint(run, model, opt))
+        log.info("resumed %s at step %d", run, state["step"])
+    (run / "model.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
+
+    device = base.device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    metrics_path = run / "metrics.jsonl"
+    model.train()
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="train", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    t_last, examples_since = time.perf_counter(), 0
+    while state["step"] < cfg.max_steps and state["stopped"] is None:
+        step = state["step"]
+        t0 = time.perf_counter()
+        idx = batch_order(len(train_ex), cfg.batch_size, cfg.seed, step)
+        x, lengths, tids = train_split.batch(idx)
+        n_loops = max(len(t) for t in tids) + 1 + cfg.extra_halt_loops
+        targets = loop_targets(tids, model.halt_id, n_loops, cfg.supervision).to(device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        with autocast:
+            logits = model(x.to(device), lengths, n_loops)
+        loss, stats = loop_loss(logits, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(trainable_parameters(model).values()), cfg.grad_clip)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            state["bad_steps"] += 1
+            state["skipped_steps"] += 1
+            log.warning("step %d: non-finite loss or gradient (loss=%s, grad_norm=%s): step skipped",
+                        step, loss.item(), grad_norm.item())
+            if state["bad_steps"] >= cfg.max_bad_steps:
+                state["stopped"] = f"non-finite: {state['bad_steps']} consecutive non-finite steps at step {step}"
+                break
+        else:
+            state["bad_steps"] = 0
+            opt.step()
+        state["step"] = step = step + 1
+        state["train_seconds"] += time.perf_counter() - t0
+        examples_since += len(idx)
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            rate = examples_since / (time.perf_counter() - t_last)
+            t_last, examples_since = time.perf_counter(), 0
+            rec = {"step": step, "loss": loss.item(), "trace_acc": stats["trace_acc"], "lr": lr_at(step - 1, cfg),
+                   "grad_norm": grad_norm.item(), "examples_per_s": rate, "skipped_steps": state["skipped_steps"]}
+            _append_jsonl(metrics_path, rec)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['trace_acc']:.2f}", ex_s=f"{rate:.0f}")
+        if step % cfg.val_every == 0 or step == cfg.max_steps:
+            val = validate(model, val_split)
+            _append_jsonl(metrics_path, {"step": step, **val, "train_seconds": state["train_seconds"]})
+            state["best_val_trace_acc"] = max(state["best_val_trace_acc"], val["val_trace_acc"])
+            state["good_checks"] = state["good_checks"] + 1 if val["val_trace_acc"] >= cfg.early_stop_acc else 0
+            bar.write(f"step {step}: val trace acc {val['val_trace_acc']:.4f}, answer acc {val['val_answer_acc']:.4f}")
+            if cfg.early_stop_patience and state["good_checks"] >= cfg.early_stop_patience:
+                state["stopped"] = f"early stop: val trace acc >= {cfg.early_stop_acc} at {state['good_checks']} checks"
+        if step % cfg.ckpt_every == 0 or step == cfg.max_steps or state["stopped"]:
+            save_checkpoint(run, model, opt, state)
+    bar.close()
+    if state["stopped"] and state["stopped"].startswith("non-finite"):
+        save_checkpoint(run, model, opt, state)
+        raise RLFError(f"training stopped: {state['stopped']} (lower lr or check the data); checkpoint kept in {run}")
+
+    save_file({k: v.detach().contiguous() for k, v in trainable_parameters(model).items()},
+              run / "model.safetensors.tmp")
+    os.replace(run / "model.safetensors.tmp", run / "model.safetensors")
+    final = validate(model, val_split)
+    summary = {"run": str(run), "steps": state["step"], "stopped": state["stopped"] or "max_steps",
+               "train_seconds": round(state["train_seconds"], 1), "encode_seconds": round(encode_s, 1),
+               "examples_per_s": round(state["step"] * cfg.batch_size / max(state["train_seconds"], 1e-9), 1),
+               "skipped_steps": state["skipped_steps"], **final}
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run / "summary.md").write_text(
+        "# Training summary\n\n| field | value |\n|---|---|\n"
+        + "".join(f"| {k} | {v} |\n" for k, v in summary.items())
+    )
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+@dataclass
+class LoadedRun:
+    """A trained run ready to use: `solve(prompts)` returns loop-by-loop traces."""
+
+    config: TrainConfig
+    model: RLFModel
+    base: Base
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        from rlf.cache import apply_template
+
+        for p in prompts:
+            if not p.strip():
+                raise RLFError("empty prompt: give the problem text, e.g. \"K = moon. P = K. What is P?\"")
+        ids = self.base.tokenize([apply_template(self.config.template, p) for p in prompts])
+        limit = getattr(self.base.model.config, "max_position_embeddings", None)
+        for p, x in zip(prompts, ids):
+            if limit and len(x) > limit:
+                raise RLFError(f"prompt of {len(x)} tokens is longer than the base's limit of {limit}: {p[:60]!r}...")
+        return self.base.encode_ids(ids)
+
+    def solve(self, prompts: list[str], max_loops: int | None = None, **ablation) -> list[list[dict]]:
+        """Per prompt, the loop-by-loop trace: loop, token, p, p_halt (stops after <HALT>)."""
+        x, lengths = self.encode(prompts)
+        out = self.model.solve(x, lengths, max_loops, **ablation)
+        traces = []
+        for b in range(len(prompts)):
+            trace = []
+            for i in range(out["tokens"].shape[1]):
+                tok = int(out["tokens"][b, i])
+                text = "<HALT>" if tok == self.model.halt_id else self.base.tokenizer.decode([tok]).strip()
+                trace.append({"loop": i + 1, "token": text, "p": float(out["p"][b, i]),
+                              "p_halt": float(out["p_halt"][b, i])})
+                if tok == self.model.halt_id:
+                    break
+            traces.append(trace)
+        return traces
+
+
+def load_run(path: str | Path, device: str = "auto", base: Base | None = None) -> LoadedRun:
+    """Load a trained run directory (config.json + model.safetensors, or its latest checkpoint)."""
+    run = Path(path)
+    if not (run / "config.json").is_file():
+        raise RLFError(f"{run}: not a run directory (no config.json)")
+    cfg = TrainConfig(**json.loads((run / "config.json").read_text()))
+    base = base or load_base(cfg.base, cfg.encoder_layers, device=device)
+    model = build_model(cfg, base)
+    weights = run / "model.safetensors"
+    if not weights.is_file():
+        weights = run / "checkpoint" / "model.safetensors"
+    if not weights.is_file():
+        raise RLFError(f"{run}: no model.safetensors and no checkpoint yet")
+    load_weights(model, weights)
+    model.eval()
+    return LoadedRun(cfg, model, base)
