@@ -126,12 +126,25 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def batch_order(n: int, batch_size: int, seed: int, step: int) -> list[int]:
-    """The example indices of a step: a fresh permutation each epoch, derived from (seed, epoch) alone."""
+def batch_order(sizes: list[int], batch_size: int, seed: int, step: int, bucket: int = 8) -> list[int]:
+    """The example indices of a step, derived from (seed, epoch) alone so a resumed run sees the same batches.
+
+    Each epoch is a fresh permutation cut into windows of `bucket` batches; inside a window examples are sorted
+    by `sizes` (the number of loop targets), so a batch needs few loops and little padding; batches are then
+    shuffled so the sizes still mix across steps.
+    """
+    n = len(sizes)
     per_epoch = max(1, n // batch_size)
     epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return perm[k * batch_size : (k + 1) * batch_size].tolist()
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)[: per_epoch * batch_size].tolist()
+    window = batch_size * bucket
+    batches = []
+    for w in range(0, len(perm), window):
+        chunk = sorted(perm[w : w + window], key=lambda i: sizes[i])
+        batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
+    order = torch.randperm(len(batches), generator=g).tolist()
+    return batches[order[k]]
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
@@ -281,6 +294,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     device = base.device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     metrics_path = run / "metrics.jsonl"
+    sizes = [len(t) for t in train_split.target_ids]
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="train", unit="step", disable=not progress,
                dynamic_ncols=True)
@@ -288,7 +302,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     while state["step"] < cfg.max_steps and state["stopped"] is None:
         step = state["step"]
         t0 = time.perf_counter()
-        idx = batch_order(len(train_ex), cfg.batch_size, cfg.seed, step)
+        idx = batch_order(sizes, cfg.batch_size, cfg.seed, step)
         x, lengths, tids = train_split.batch(idx)
         n_loops = max(len(t) for t in tids) + 1 + cfg.extra_halt_loops
         targets = loop_targets(tids, model.halt_id, n_loops, cfg.supervision).to(device)

@@ -2,7 +2,7 @@
 
 The mixer uses the `mamba-ssm` CUDA kernels when installed and a pure-PyTorch chunked scan otherwise.
 On CPU the PyTorch path pads every sequence to a whole chunk, so `chunk_size` should be close to the
-prompt lengths (64 for prompts of 30-60 tokens; see benchmarks/bench_core.py).
+prompt lengths; the core shrinks it per call to the batch's length (rounded up to 8).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class Mamba2Core(nn.Module):
             hidden_size=d_model, expand=EXPAND, head_dim=HEAD_DIM, num_heads=EXPAND * d_model // HEAD_DIM,
             state_size=D_STATE, n_groups=1, conv_kernel=4, chunk_size=chunk_size, num_hidden_layers=1,
         )
+        self.chunk_size = chunk_size
         self.norm = nn.RMSNorm(d_model, eps=1e-5)
         self.mixer = Mamba2Mixer(cfg, layer_idx=0)
         self._init_ssm(cfg)
@@ -44,4 +45,7 @@ class Mamba2Core(nn.Module):
         m.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The PyTorch scan pads T up to a whole chunk; a chunk just covering T does the least work.
+        # The result does not depend on the chunk size (the chunked scan is exact).
+        self.mixer.chunk_size = min(self.chunk_size, -(-x.shape[1] // 8) * 8)
         return self.mixer(self.norm(x))  # (B, T, d)

@@ -1,0 +1,168 @@
+import pytest
+import torch
+
+from rlf.cores import CORES, build_core
+from rlf.model import RLFConfig, RLFModel, loop_loss, loop_rope, loop_targets, trainable_parameters
+
+V, D = 300, 128
+
+
+def make(core="mamba2", seed=0, **kw):
+    torch.manual_seed(seed)
+    head = torch.randn(V, D) / D**0.5
+    return RLFModel(RLFConfig(d_model=D, vocab_size=V, core=core, **kw), head, torch.nn.RMSNorm(D))
+
+
+def prompts(seed=1, B=4, T=12):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, D, generator=g)
+    lengths = torch.tensor([T, T - 3, 5, 1][:B])
+    return x, lengths
+
+
+def perturb(model, seed=3):
+    """Move every trainable weight off its initial value (the core's output projection starts at zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in trainable_parameters(model).values():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_shapes_per_core(core):
+    model = make(core)
+    x, lengths = prompts()
+    logits, states = model(x, lengths, 5, return_states=True)
+    assert logits.shape == (4, 5, V + 1) and states.shape == (4, 5, D)
+    assert build_core(core, D)(x).shape == x.shape
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_core_starts_as_zero_update_and_is_causal(core):
+    x, _ = prompts()
+    c = build_core(core, D)
+    assert c(x).abs().max() == 0
+    perturb(c)
+    y = c(x)
+    x2 = x.clone()
+    x2[:, 8:] = torch.randn_like(x2[:, 8:])  # change only the future
+    assert torch.allclose(c(x2)[:, :8], y[:, :8], atol=1e-5)
+
+
+def test_gradients_reach_exactly_the_trainable_parameters():
+    model = make(scratchpad=2, bridge_rank=4)
+    perturb(model)
+    x, lengths = prompts()
+    loss, _ = loop_loss(model(x, lengths, 4), loop_targets([[1, 2], [3], [4, 5], [6]], V, 4))
+    loss.backward()
+    trainable = trainable_parameters(model)
+    for name, p in model.named_parameters():
+        assert (p.grad is not None and p.grad.abs().sum() > 0) == (name in trainable), name
+    assert "lm_head" not in trainable and not any(n.startswith("final_norm") for n in trainable)
+    assert {"lifeline_gate", "halt_row", "scratchpad", "bridge_up.weight"} <= set(trainable)
+    assert model.lifeline_gate.dtype == torch.float32
+
+
+def test_train_head_flag_makes_head_trainable():
+    assert "lm_head" in trainable_parameters(make(train_head=True))
+
+
+def test_lifeline_none_equals_vector_with_gate_zero():
+    none, vec = make(lifeline="none"), make(lifeline="vector")
+    perturb(vec)
+    none.load_state_dict({k: v for k, v in vec.state_dict().items() if k != "lifeline_gate"})
+    with torch.no_grad():
+        vec.lifeline_gate.zero_()
+    x, lengths = prompts()
+    assert torch.allclose(none(x, lengths, 4), vec(x, lengths, 4), atol=1e-5)
+
+
+def test_gate_scale_zero_severs_lifeline():
+    vec = make()
+    perturb(vec)
+    x, lengths = prompts()
+    severed = vec(x, lengths, 3, gate_scale=0.0)
+    with torch.no_grad():
+        vec.lifeline_gate.zero_()
+    assert torch.allclose(severed, vec(x, lengths, 3), atol=1e-6)
+
+
+def test_rope_identity_at_zero_norm_preserving_and_distinct():
+    x = torch.randn(3, 7, D)
+    assert torch.equal(loop_rope(x, 0), x)
+    for i in (1, 5, 40, 1000):  # analytic: any loop index, far past training
+        assert torch.allclose(loop_rope(x, i).norm(dim=-1), x.norm(dim=-1), atol=1e-4)
+    assert not torch.allclose(loop_rope(x, 1), loop_rope(x, 2))
+    assert torch.allclose(loop_rope(loop_rope(x, 2), 3), loop_rope(x, 5), atol=1e-4)  # rotations compose
+
+
+def test_learned_loop_position_clamps():
+    model = make(loop_pos="learned", max_loops=4)
+    x = torch.zeros(1, 2, D)
+    # the core starts as a zero update, so a step is loop_norm(x + gate * source + loop_embedding[i])
+    out = [model.step(x, torch.zeros_like(x), i) for i in (3, 4, 9)]
+    assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
+    assert not torch.equal(model.step(x, torch.zeros_like(x), 2), out[0])
+
+
+def test_absorbing_halt_targets():
+    t = loop_targets([[5, 6, 7], [8]], halt_id=V, n_loops=6)
+    assert t.tolist() == [[5, 6, 7, V, V, V], [8, V, V, V, V, V]]
+    final = loop_targets([[5, 6, 7]], halt_id=V, n_loops=5, supervision="final")
+    assert final.tolist() == [[-100, -100, 7, V, V]]
+    with pytest.raises(ValueError, match="no loop for <HALT>"):
+        loop_targets([[1, 2, 3]], V, 3)
+
+
+def test_loss_is_mean_cross_entropy_over_supervised_loops():
+    logits = torch.randn(2, 3, V + 1)
+    targets = torch.tensor([[1, V, V], [-100, 2, V]])
+    loss, stats = loop_loss(logits, targets)
+    ref = torch.nn.functional.cross_entropy(logits.reshape(6, -1), targets.reshape(6), ignore_index=-100)
+    assert torch.allclose(loss, ref)
+    assert len(stats["per_loop_acc"]) == 3
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_batched_solve_equals_per_example_solve(core):
+    model = make(core)
+    perturb(model, seed=5)
+    with torch.no_grad():  # make <HALT> fire at different loops for different examples
+        model.halt_row.copy_(model.lm_head[:20].mean(0) * 3)
+    x, lengths = prompts()
+    batched = model.solve(x, lengths, 6)
+    for b in range(4):
+        one = model.solve(x[b : b + 1, : lengths[b]], lengths[b : b + 1], 6)
+        L = one["tokens"].shape[1]
+        assert torch.equal(one["tokens"][0], batched["tokens"][b, :L])
+        assert torch.allclose(one["p"][0], batched["p"][b, :L], atol=1e-4)
+        assert one["halted_at"][0] == batched["halted_at"][b]
+
+
+def test_solve_matches_forward_until_halt_and_freezes_after():
+    model = make()
+    perturb(model)
+    x, lengths = prompts()
+    out = model.solve(x, lengths, 5, min_loops=5)
+    logits = model(x, lengths, 5)
+    top = logits.argmax(-1)
+    for b in range(4):
+        h = int(out["halted_at"][b])
+        end = 5 if h < 0 else h + 1
+        assert torch.equal(out["tokens"][b, :end], top[b, :end])
+        assert (out["tokens"][b, end:] == model.halt_id).all()
+
+
+def test_ablation_sources():
+    model = make()
+    x, lengths = prompts()
+    g = torch.Generator().manual_seed(0)
+    shuffled = model.lifeline_source(x, lengths, "shuffle", g)
+    noise = model.lifeline_source(x, lengths, "noise", torch.Generator().manual_seed(0))
+    for b in range(4):
+        n = int(lengths[b])
+        a = x[b, :n].sort(dim=0).values
+        assert torch.equal(a, shuffled[b, :n].sort(dim=0).values)  # same multiset of prompt vectors
+        assert torch.allclose(noise[b, :n].norm(dim=-1), x[b, :n].norm(dim=-1), rtol=1e-4)
+        assert (noise[b, n:] == 0).all()
+    assert not torch.equal(shuffled[0], x[0])
