@@ -1,0 +1,38 @@
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from rlf.config import load_config
+from rlf.train import batch_order, load_run, train
+
+
+def tiny_cfg(tmp_path, *overrides):
+    return load_config("tiny", [f"cache_dir={tmp_path / 'cache'}", *overrides])
+
+
+def test_batch_order_is_a_deterministic_bucketed_epoch():
+    sizes = [1 + i % 4 for i in range(256)]
+    epoch = [batch_order(sizes, 16, 0, s) for s in range(16)]
+    assert sorted(i for b in epoch for i in b) == list(range(256))  # each example once per epoch
+    assert epoch == [batch_order(sizes, 16, 0, s) for s in range(16)]
+    assert batch_order(sizes, 16, 0, 16) != epoch[0]  # a new permutation next epoch
+    assert sum(len({sizes[i] for i in b}) for b in epoch) < 2 * len(epoch)  # batches share a loop count
+
+
+def test_training_leaves_base_bit_identical_and_stores_only_trainable(tmp_path, tiny_llama):
+    before = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
+    cfg = tiny_cfg(tmp_path, "n_train=64", "n_val=16", "max_steps=3", "val_every=3", "ckpt_every=3")
+    train(cfg, tmp_path / "run", progress=False, base=tiny_llama)
+    after = tiny_llama.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    stored = load_file(tmp_path / "run" / "model.safetensors")
+    assert "lifeline_gate" in stored and "halt_row" in stored
+    assert not any(k.startswith(("lm_head", "final_norm")) for k in stored)
+    run = load_run(tmp_path / "run", base=tiny_llama)
+    assert torch.equal(run.model.lifeline_gate, stored["lifeline_gate"])
+    assert torch.equal(run.model.lm_head, tiny_llama.lm_head)
+    for name in ("config.json", "model.json", "train.jsonl", "val.jsonl", "metrics.jsonl", "summary.md"):
+        assert (tmp_path / "run" / name).is_file(), name
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_trace_acc" in x for x in lines) and all(x["step"] <= 3 for x in lines)
