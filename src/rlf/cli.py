@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an RLF model into a run directory")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. core=transformer lr=1e-3")
-    p.add_argument("--preset", default="default", help="preset name (default, default-attn, tiny, ...)")
+    p.add_argument("--preset", default=None, help="preset name (default, default-attn, tiny, ...; default: default)")
     p.add_argument("--config", default=None, help="a YAML config file instead of a preset")
     p.add_argument("--out", default=None, help="run directory (new)")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in RUN from its last checkpoint")
@@ -81,20 +81,28 @@ def cmd_train(args) -> int:
     import json
     from pathlib import Path
 
-    from rlf.config import TrainConfig, load_config
+    from rlf.config import TrainConfig, load_config, read_run_config
     from rlf.train import train
 
     if args.resume:
-        saved = Path(args.resume) / "config.json"
-        if not saved.is_file():
+        given = [f"--{n}" for n in ("preset", "config", "out") if getattr(args, n) is not None]
+        if given:
+            raise RLFError(f"--resume continues a run with its own config.json; drop {', '.join(given)} "
+                           "(give changed settings as key=value, with --force)")
+        if not Path(args.resume, "config.json").is_file():
             raise RLFError(f"--resume {args.resume}: not a run directory (no config.json)")
+        saved = read_run_config(args.resume)
         cfg = load_config(None, args.overrides)  # validates the overrides
-        cfg = TrainConfig(**{**json.loads(saved.read_text()), **{k: getattr(cfg, k) for k in _override_keys(args)}})
+        cfg = TrainConfig(**{**saved.to_dict(), **{k: getattr(cfg, k) for k in _override_keys(args)}})
         summary = train(cfg, args.resume, resume=True, force=args.force)
     else:
         if not args.out:
             raise RLFError("--out RUN is required for a new run (or --resume RUN to continue one)")
-        cfg = load_config(args.preset, args.overrides, args.config)
+        if args.force:
+            raise RLFError("--force only applies to --resume")
+        if args.preset is not None and args.config is not None:
+            raise RLFError("give --preset or --config, not both")
+        cfg = load_config(args.preset or "default", args.overrides, args.config)
         summary = train(cfg, args.out)
     print(json.dumps(summary, indent=2))
     return 0

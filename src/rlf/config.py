@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -69,11 +70,7 @@ class TrainConfig:
     def __post_init__(self):
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), f.type, "config")
-        for name in ("n_train", "n_val", "batch_size", "max_steps", "val_every", "ckpt_every", "log_every", "max_loops"):
-            if getattr(self, name) <= 0:
-                raise RLFError(f"config {name}={getattr(self, name)}: must be a positive integer")
-        if self.lr <= 0:
-            raise RLFError(f"config lr={self.lr}: must be positive")
+            _check_value(f.name, getattr(self, f.name), "config")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,6 +102,33 @@ def _check_type(name: str, value, declared, where: str) -> None:
         raise RLFError(f"{where}: {name}={value!r}: expected {names}")
 
 
+_POSITIVE = ("n_train", "n_val", "batch_size", "max_steps", "val_every", "ckpt_every", "log_every", "max_loops",
+             "chunk_size", "max_bad_steps", "encoder_layers", "lr", "grad_clip")
+_NON_NEGATIVE = ("distractors", "scratchpad", "bridge_rank", "warmup_steps", "extra_halt_loops",
+                 "early_stop_patience", "weight_decay")
+
+
+def _check_value(name: str, value, where: str) -> None:
+    """Checks beyond the type: finite numbers, positive counts, a parseable hop list (so `hops=5-1` fails now)."""
+    if value is None or isinstance(value, bool) or isinstance(value, str) and name != "hops":
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RLFError(f"{where}: {name}={value}: must be a finite number")
+    if name in _POSITIVE and value <= 0:
+        raise RLFError(f"{where}: {name}={value}: must be positive")
+    if name in _NON_NEGATIVE and value < 0:
+        raise RLFError(f"{where}: {name}={value}: must be 0 or more")
+    if name == "early_stop_acc" and not 0 <= value <= 1:
+        raise RLFError(f"{where}: {name}={value}: must be between 0 and 1")
+    if name == "hops":
+        from rlf.tasks import parse_hops
+
+        try:
+            parse_hops(value)
+        except RLFError as e:
+            raise RLFError(f"{where}: {e}") from None
+
+
 def _parse_value(name: str, text: str):
     """Turn an override string into the field's type: numbers, true/false, null, or the text itself."""
     args = typing.get_args(_HINTS[name]) or (_HINTS[name],)
@@ -130,9 +154,13 @@ def preset_names() -> list[str]:
 
 def _read_yaml(path) -> dict:
     try:
-        data = yaml.safe_load(Path(path).read_text()) if isinstance(path, (str, Path)) else yaml.safe_load(path.read_text())
+        data = yaml.safe_load(Path(path).read_text() if isinstance(path, (str, Path)) else path.read_text())
     except yaml.YAMLError as e:
         raise RLFError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise RLFError(f"{path}: not a text file (a YAML config is UTF-8 text)") from None
+    except OSError as e:
+        raise RLFError(f"{path}: cannot read ({e.strerror})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -158,7 +186,10 @@ def load_config(preset: str | None = "default", overrides: list[str] | tuple = (
         for k, v in data.items():
             if k not in known:
                 raise RLFError(f"{where}: unknown key {k!r}; valid keys: {', '.join(sorted(known))}")
+            if isinstance(v, str) and str not in (typing.get_args(_HINTS[k]) or (_HINTS[k],)):
+                v = _parse_value(k, v)  # YAML reads `1e-3` as text; treat it as an override would
             _check_type(k, v, None, where)
+            _check_value(k, v, where)
             values[k] = v
     for item in overrides:
         if "=" not in item:
@@ -169,5 +200,26 @@ def load_config(preset: str | None = "default", overrides: list[str] | tuple = (
             raise RLFError(f"override {item!r}: unknown key {k!r}; valid keys: {', '.join(sorted(known))}")
         v = _parse_value(k, text)
         _check_type(k, v, None, f"override {item!r}")
+        _check_value(k, v, f"override {item!r}")
         values[k] = v
     return TrainConfig(**values)
+
+
+def read_run_config(run: str | Path) -> TrainConfig:
+    """The TrainConfig saved in a run directory's config.json, or an RLFError saying why it cannot be used."""
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        raise RLFError(f"{run}: not a run directory (no config.json)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RLFError(f"{path}: not valid JSON ({e}); the run's config is damaged") from None
+    if not isinstance(data, dict):
+        raise RLFError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    unknown = sorted(set(data) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise RLFError(f"{path}: unknown keys {unknown} (written by another version of rlf?)")
+    try:
+        return TrainConfig(**data)
+    except RLFError as e:
+        raise RLFError(f"{path}: {e}") from None

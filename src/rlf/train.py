@@ -7,6 +7,7 @@ optimizer and schedule state, all safetensors/JSON, written atomically) from whi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from rlf.base import Base, load_base
 from rlf.cache import EncodedSet, encode_cached
-from rlf.config import TrainConfig
+from rlf.config import TrainConfig, read_run_config
 from rlf.errors import RLFError
 from rlf.model import RLFConfig, RLFModel, loop_loss, loop_targets, trainable_parameters
 from rlf.tasks import Example, read_jsonl, target_token_id, write_jsonl
@@ -156,6 +157,21 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace a small file all at once: a kill leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    _fsync_write(tmp, text.encode())
+    os.replace(tmp, path)
+
+
+def _save_weights_atomic(model: RLFModel, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous() for k, v in trainable_parameters(model).items()}, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def save_checkpoint(run: Path, model: RLFModel, opt: torch.optim.Optimizer, state: dict) -> None:
     """Write checkpoint/ atomically: build checkpoint.tmp/, fsync, then swap it in with renames."""
     tmp, final, old = run / "checkpoint.tmp", run / "checkpoint", run / "checkpoint.old"
@@ -184,21 +200,31 @@ def save_checkpoint(run: Path, model: RLFModel, opt: torch.optim.Optimizer, stat
         os.close(dfd)
 
 
+def latest_checkpoint(run: Path) -> Path | None:
+    """checkpoint/, or checkpoint.old/ if a swap was interrupted between its two renames; None if neither."""
+    for name in ("checkpoint", "checkpoint.old"):
+        if (run / name / "state.json").is_file():
+            return run / name
+    return None
+
+
 def load_checkpoint(run: Path, model: RLFModel, opt: torch.optim.Optimizer) -> dict:
-    """Restore weights and optimizer from checkpoint/ (or checkpoint.old if a swap was interrupted)."""
-    ckpt = run / "checkpoint"
-    if not (ckpt / "state.json").is_file() and (run / "checkpoint.old" / "state.json").is_file():
-        ckpt = run / "checkpoint.old"
-    if not (ckpt / "state.json").is_file():
-        raise RLFError(f"{run}: no checkpoint to resume from (expected {ckpt}/state.json)")
+    """Restore weights and optimizer from the latest checkpoint (safetensors + JSON only: nothing executes)."""
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise RLFError(f"{run}: no checkpoint to resume from (expected {run / 'checkpoint'}/state.json)")
     load_weights(model, ckpt / "model.safetensors")
-    state = json.loads((ckpt / "state.json").read_text())
-    flat = load_file(ckpt / "optimizer.safetensors")
-    opt_state: dict = {}
-    for key, v in flat.items():
-        pid, k = key.split(".", 1)
-        opt_state.setdefault(int(pid), {})[k] = v
-    opt.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
+    part = ckpt / "state.json"
+    try:  # JSON, safetensors and torch each raise their own types for a damaged file
+        state = json.loads(part.read_text())
+        part = ckpt / "optimizer.safetensors"
+        opt_state: dict = {}
+        for key, v in load_file(part).items():
+            pid, k = key.split(".", 1)
+            opt_state.setdefault(int(pid), {})[k] = v
+        opt.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
+    except Exception as e:
+        raise RLFError(f"{part}: damaged or from another model, cannot resume ({type(e).__name__}: {e})") from None
     return state
 
 
@@ -247,36 +273,63 @@ def _append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """Keep the metric records up to `step` (and drop a line cut short by a kill)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    _write_atomic(path, "".join(keep))
+
+
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool = False, progress: bool = True,
           base: Base | None = None) -> dict:
     """Train an RLF model into run directory `out`; with resume=True continue from its checkpoint."""
     run = Path(out)
     if resume:
-        saved = TrainConfig(**json.loads((run / "config.json").read_text()))
-        if saved.digest() != cfg.digest() and not force:
-            diff = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items() if getattr(cfg, k) != v}
-            raise RLFError(f"{run}: the config differs from the one the run started with: {diff}; "
-                           "resume without overrides, or pass --force to continue anyway")
+        saved = read_run_config(run)
+        if saved.digest() != cfg.digest():
+            changed = [k for k, v in saved.to_dict().items()
+                       if getattr(cfg, k) != v and dataclasses.replace(saved, **{k: getattr(cfg, k)}).digest()
+                       != saved.digest()]
+            what = ", ".join(f"{k}: {getattr(saved, k)!r} -> {getattr(cfg, k)!r}" for k in changed)
+            if not force:
+                raise RLFError(f"{run}: the config differs from the one the run started with ({what}); "
+                               "resume without those overrides, or pass --force to continue with them")
+            log.warning("%s: continuing with a changed config (%s), as forced", run, what)
     elif (run / "config.json").exists():
         raise RLFError(f"{run} already holds a run; use `rlf train --resume {run}` or choose another --out")
+    elif run.exists() and not run.is_dir():
+        raise RLFError(f"--out {run}: exists and is not a directory")
     run.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
     base = base or load_base(cfg.base, cfg.encoder_layers, device=cfg.device)
     if resume:  # the exact data the run started with
         train_ex, val_ex = read_jsonl(run / "train.jsonl"), read_jsonl(run / "val.jsonl")
-        digests = json.loads((run / "data.json").read_text())
+        try:
+            digests = json.loads((run / "data.json").read_text())
+        except (OSError, ValueError):
+            digests = {}
         now = {"train": file_digest(run / "train.jsonl"), "val": file_digest(run / "val.jsonl")}
-        if now != digests and not force:
-            raise RLFError(f"{run}: train.jsonl/val.jsonl changed since the run started ({digests} -> {now}); "
-                           "pass --force to continue on the changed data")
+        changed = [f"{k}.jsonl (sha256 {digests.get(k)} -> {now[k]})" for k in now if digests.get(k) != now[k]]
+        if changed and not force:
+            raise RLFError(f"{run}: {' and '.join(changed)} changed since the run started; restore the data, "
+                           "or pass --force to continue on the changed data")
+        if changed:
+            log.warning("%s: continuing on changed data (%s), as forced", run, ", ".join(changed))
     else:
         train_ex, val_ex = make_data(cfg, base.tokenizer)
         write_jsonl(train_ex, run / "train.jsonl")
         write_jsonl(val_ex, run / "val.jsonl")
-        (run / "data.json").write_text(json.dumps({"train": file_digest(run / "train.jsonl"),
-                                                   "val": file_digest(run / "val.jsonl")}))
-        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        _write_atomic(run / "data.json", json.dumps({"train": file_digest(run / "train.jsonl"),
+                                                     "val": file_digest(run / "val.jsonl")}))
+        _write_atomic(run / "config.json", json.dumps(cfg.to_dict(), indent=2))  # last: it marks a run
     t_encode = time.perf_counter()
     train_split = prepare_split(train_ex, base, cfg, str(run / "train.jsonl"), progress)
     val_split = prepare_split(val_ex, base, cfg, str(run / "val.jsonl"), progress)
@@ -286,9 +339,15 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     opt = make_optimizer(model, cfg)
     state = {"step": 0, "good_checks": 0, "bad_steps": 0, "skipped_steps": 0, "train_seconds": 0.0,
              "best_val_trace_acc": 0.0, "config_digest": cfg.digest(), "stopped": None}
-    if resume:
+    if resume and latest_checkpoint(run) is None:
+        log.warning("%s: stopped before its first checkpoint: starting again from step 0", run)
+    elif resume:
         state.update(load_checkpoint(run, model, opt))
         log.info("resumed %s at step %d", run, state["step"])
+    if resume:  # the checkpoint fits: record what the rest is trained with, drop metrics of steps to be redone
+        _write_atomic(run / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        _write_atomic(run / "data.json", json.dumps(now))
+        _keep_metrics_until(run / "metrics.jsonl", state["step"])
     (run / "model.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
 
     device = base.device
@@ -351,9 +410,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         save_checkpoint(run, model, opt, state)
         raise RLFError(f"training stopped: {state['stopped']} (lower lr or check the data); checkpoint kept in {run}")
 
-    save_file({k: v.detach().contiguous() for k, v in trainable_parameters(model).items()},
-              run / "model.safetensors.tmp")
-    os.replace(run / "model.safetensors.tmp", run / "model.safetensors")
+    _save_weights_atomic(model, run / "model.safetensors")
     final = validate(model, val_split)
     summary = {"run": str(run), "steps": state["step"], "stopped": state["stopped"] or "max_steps",
                "train_seconds": round(state["train_seconds"], 1), "encode_seconds": round(encode_s, 1),
@@ -411,9 +468,7 @@ class LoadedRun:
 def load_run(path: str | Path, device: str = "auto", base: Base | None = None) -> LoadedRun:
     """Load a trained run directory (config.json + model.safetensors, or its latest checkpoint)."""
     run = Path(path)
-    if not (run / "config.json").is_file():
-        raise RLFError(f"{run}: not a run directory (no config.json)")
-    cfg = TrainConfig(**json.loads((run / "config.json").read_text()))
+    cfg = read_run_config(run)
     base = base or load_base(cfg.base, cfg.encoder_layers, device=device)
     model = build_model(cfg, base)
     weights = run / "model.safetensors"
