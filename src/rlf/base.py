@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import pickle  # for its exception type only: nothing here unpickles
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -102,15 +103,43 @@ def _gguf_tokenizer(gguf: Path):
     return tok
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (False offline), so a missing model fails in seconds, not after
+    a minute of retries. Behind a proxy we cannot tell, and say yes."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _from_pretrained(auto_cls, spec: str, **kw):
     """`from_pretrained` for a hub id or local directory, with a clear error when it cannot be found."""
+    path = Path(spec).expanduser()
+    if not path.is_dir() and (path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1):
+        raise RLFError(f"--base {spec}: no such model directory")
+    offline = not path.is_dir() and not _hub_reachable()
     try:
-        return auto_cls.from_pretrained(spec, **kw)
+        return auto_cls.from_pretrained(str(path) if path.is_dir() else spec, local_files_only=offline, **kw)
+    except pickle.UnpicklingError:  # transformers loads *.bin with torch.load(weights_only=True): it refuses code
+        raise RLFError(f"--base {spec}: its weights file holds pickled code, which rlf will not run; "
+                       "use a model saved as safetensors") from None
     except OSError as e:
         raise RLFError(
             f"--base {spec}: not a known base. Valid: `{EMBEDDED}` (embedded default), {', '.join(TINY)} "
             f"(tiny random, for tests), a path to a .gguf file, a local model directory, or a Hugging Face hub id "
-            f"(which needs a network or a filled HF cache). The loader said: {str(e).splitlines()[0]}"
+            f"(which needs a network or a filled HF cache{'; the hub cannot be reached now' if offline else ''}). "
+            f"The loader said: {str(e).splitlines()[0]}"
         ) from None
 
 
