@@ -128,13 +128,15 @@ def _from_pretrained(auto_cls, spec: str, **kw):
     path = Path(spec).expanduser()
     if not path.is_dir() and (path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1):
         raise RLFError(f"--base {spec}: no such model directory")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise RLFError(f"--base {spec}: not a model directory (no config.json; save one with save_pretrained)")
     offline = not path.is_dir() and not _hub_reachable()
     try:
         return auto_cls.from_pretrained(str(path) if path.is_dir() else spec, local_files_only=offline, **kw)
     except pickle.UnpicklingError:  # transformers loads *.bin with torch.load(weights_only=True): it refuses code
         raise RLFError(f"--base {spec}: its weights file holds pickled code, which rlf will not run; "
                        "use a model saved as safetensors") from None
-    except OSError as e:
+    except (OSError, ValueError) as e:  # what from_pretrained raises for a repo or directory it cannot use
         raise RLFError(
             f"--base {spec}: not a known base. Valid: `{EMBEDDED}` (embedded default), {', '.join(TINY)} "
             f"(tiny random, for tests), a path to a .gguf file, a local model directory, or a Hugging Face hub id "

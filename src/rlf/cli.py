@@ -117,7 +117,12 @@ def cmd_solve(args) -> int:
 
     from rlf.train import load_run
 
+    if args.max_loops is not None and args.max_loops < 1:
+        raise RLFError(f"--max-loops {args.max_loops}: must be 1 or more")
     run = load_run(args.run)
+    limit = run.model.cfg.max_loops
+    if args.max_loops and args.max_loops > limit and run.model.cfg.loop_pos == "learned":
+        raise RLFError(f"--max-loops {args.max_loops}: this run learned loop embeddings for {limit} loops at most")
     traces = run.solve(args.prompts, args.max_loops, gate_scale=args.gate_scale)
     if args.json:
         print(json.dumps(traces, indent=2))

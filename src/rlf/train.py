@@ -329,11 +329,13 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         write_jsonl(val_ex, run / "val.jsonl")
         _write_atomic(run / "data.json", json.dumps({"train": file_digest(run / "train.jsonl"),
                                                      "val": file_digest(run / "val.jsonl")}))
-        _write_atomic(run / "config.json", json.dumps(cfg.to_dict(), indent=2))  # last: it marks a run
     t_encode = time.perf_counter()
-    train_split = prepare_split(train_ex, base, cfg, str(run / "train.jsonl"), progress)
-    val_split = prepare_split(val_ex, base, cfg, str(run / "val.jsonl"), progress)
+    users = {} if resume else {"train": cfg.train_file, "val": cfg.val_file}  # errors name the file given, if any
+    train_split = prepare_split(train_ex, base, cfg, str(users.get("train") or run / "train.jsonl"), progress)
+    val_split = prepare_split(val_ex, base, cfg, str(users.get("val") or run / "val.jsonl"), progress)
     encode_s = time.perf_counter() - t_encode
+    if not resume:  # last, once the data is known to be usable: config.json is what makes this a run
+        _write_atomic(run / "config.json", json.dumps(cfg.to_dict(), indent=2))
 
     model = build_model(cfg, base)
     opt = make_optimizer(model, cfg)
