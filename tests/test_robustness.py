@@ -138,6 +138,16 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights_bit_for_bit(tmp_pat
     assert summary["steps"] == 8 and summary["skipped_steps"] == 0
 
 
+def test_ctrl_c_during_training_says_how_to_continue(tmp_path, cache_dir, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(rlf.train, "loop_loss", interrupted)
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--out", str(run), *small_overrides(cache_dir)]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; continue with `rlf train --resume {run}`" in err and "Traceback" not in err
+
+
 def test_resume_before_the_first_checkpoint_starts_again(tmp_path, reference_run, tiny_llama):
     run = tmp_path / "run"
     shutil.copytree(reference_run, run)

@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     except RLFError as e:
         print(f"rlf {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resume = f"; continue with `rlf train --resume {args.resume or args.out}`" if args.command == "train" else ""
+        print(f"rlf {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
