@@ -34,8 +34,12 @@ def cache_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, cache_dir, tiny_llama) -> Path:
     run = tmp_path_factory.mktemp("cli") / "run"
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    train(load_config("tiny", [*SMALL, f"cache_dir={cache_dir}"]), run, progress=False, base=tiny_llama)
+    try:
+        train(load_config("tiny", [*SMALL, f"cache_dir={cache_dir}"]), run, progress=False, base=tiny_llama)
+    finally:
+        torch.set_num_threads(threads)
     return run
 
 

@@ -78,8 +78,12 @@ def metrics(run: Path) -> list[dict]:
 def reference_run(tmp_path_factory, cache_dir, tiny_llama) -> Path:
     """An uninterrupted small run, the yardstick for resumed and repeated runs."""
     run = tmp_path_factory.mktemp("reference") / "run"
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    train(small_config(cache_dir), run, progress=False, base=tiny_llama)
+    try:
+        train(small_config(cache_dir), run, progress=False, base=tiny_llama)
+    finally:
+        torch.set_num_threads(threads)
     return run
 
 
