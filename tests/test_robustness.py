@@ -168,8 +168,9 @@ def test_resume_after_the_end_changes_nothing_and_can_extend(tmp_path, reference
     shutil.copytree(reference_run, run)
     train(small_config(cache_dir), run, resume=True, progress=False, base=tiny_llama)
     assert_same_weights(run / "model.safetensors", reference_run / "model.safetensors")
-    summary = train(small_config(cache_dir, "max_steps=10"), run, resume=True, progress=False, base=tiny_llama)
-    assert summary["steps"] == 10  # max_steps is not part of what is trained: extending needs no --force
+    # how long, where and how often are not part of what is trained: changing them needs no --force
+    later = small_config(cache_dir, "max_steps=10", "max_bad_steps=5", "ckpt_every=5", f"cache_dir={tmp_path / 'c'}")
+    assert train(later, run, resume=True, progress=False, base=tiny_llama)["steps"] == 10
     assert json.loads((run / "config.json").read_text())["max_steps"] == 10
 
 

@@ -75,7 +75,9 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def digest(self, ignore: tuple[str, ...] = ("max_steps", "device", "val_every", "ckpt_every", "log_every")) -> str:
+    def digest(self, ignore: tuple[str, ...] = ("max_steps", "device", "val_every", "ckpt_every", "log_every",
+                                                "cache_dir", "max_bad_steps", "early_stop_acc",
+                                                "early_stop_patience")) -> str:
         """A hash of the settings that change what is trained (not how long, where, or how often it reports)."""
         d = {k: v for k, v in self.to_dict().items() if k not in ignore}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
