@@ -157,6 +157,12 @@ def test_unknown_bases_fail_fast_and_clearly_offline(tmp_path, capsys, monkeypat
     assert time.monotonic() - start < 30
 
 
+@pytest.mark.parametrize("device, expected", [("banana", "not a device"), ("cuda:99", "cuda:99")])
+def test_a_device_that_is_not_there(tmp_path, capsys, cache_dir, device, expected):
+    fails(capsys, ["train", "--preset", "tiny", "--out", str(tmp_path / "r"), f"device={device}",
+                   f"cache_dir={cache_dir}"], f"--device {device}", expected)
+
+
 def test_a_directory_that_is_no_model(tmp_path, capsys, cache_dir):
     base = tmp_path / "base"
     base.mkdir()
