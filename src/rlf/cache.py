@@ -10,6 +10,7 @@ place when complete; an interrupted build resumes from its last finished batch.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -113,12 +114,22 @@ def encode_cached(
         log.info("encoding cache hit: %s (%d prompts)", final, len(texts))
         return _open(final)
 
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(cache_dir) / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process building the same entry: wait, then reuse it
+        if (final / "index.json").is_file():
+            return _open(final)
+        return _build(base, texts, template, storage, batch_size, progress, final)
+
+
+def _build(base: Base, texts: list[str], template: str, storage: str, batch_size: int, progress: bool,
+           final: Path) -> EncodedSet:
     ids = base.tokenize(texts)
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     d = base.hidden_size
     np_dtype, torch_dtype = STORAGE[storage]
-    partial = Path(cache_dir) / f"{key}.partial"
+    partial = final.with_name(final.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     mode = "r+" if (partial / "hidden.bin").is_file() else "w+"
     hidden = np.memmap(partial / "hidden.bin", dtype=np_dtype, mode=mode, shape=(int(lengths.sum()), d))
