@@ -10,12 +10,16 @@ from rlf.errors import RLFError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rlf.bench import add_bench_parser
+    from rlf.eval_cli import add_eval_parser
     from rlf.tasks.cli import add_data_parser
 
     parser = argparse.ArgumentParser(prog="rlf", description="Recursive Latent Forcing")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_parser(sub)
+    add_eval_parser(sub)
+    add_bench_parser(sub)
 
     p = sub.add_parser("encode", help="encode a JSONL file of prompts with the frozen base into the cache")
     p.add_argument("file", help="JSONL with a `prompt` field per line")
