@@ -225,6 +225,12 @@ def train_hops(run_dir: Path, cfg) -> list[int]:
     return parse_hops(cfg.hops)
 
 
+def seen_prompts(run_dir: Path) -> set[str]:
+    """The prompts of a run's train.jsonl and val.jsonl (held-out sets exclude them)."""
+    return {ex.prompt for f in ("train.jsonl", "val.jsonl") if (Path(run_dir) / f).is_file()
+            for ex in read_jsonl(Path(run_dir) / f)}
+
+
 def heldout_examples(cfg, tokenizer, hops: list[int], n: int, exclude=(), seed_offset: int = HELDOUT_SEED_OFFSET
                      ) -> list[Example]:
     """`n` examples per hop count of the run's task (and chain options), from a seed no training split uses."""
@@ -245,8 +251,7 @@ def eval_sets(run: LoadedRun, run_dir: Path, data_files=(), hops: list[int] | No
         return sets
     trained = train_hops(run_dir, run.config)
     hops = hops if hops is not None else trained + default_ood_hops(trained)
-    seen = [ex.prompt for f in ("train.jsonl", "val.jsonl") if (run_dir / f).is_file()
-            for ex in read_jsonl(run_dir / f)]
+    seen = seen_prompts(run_dir)
     for name, hs in (("in-distribution", [h for h in hops if h in trained]),
                      ("ood", [h for h in hops if h not in trained])):
         if hs:
