@@ -38,7 +38,7 @@ def parse_int_list(text: str, what: str, low: int, high: int) -> list[int]:
     for item in str(text).split(","):
         item = item.strip()
         bounds = item.split("-")
-        if not item or len(bounds) > 2 or not all(b.strip().isdigit() for b in bounds):
+        if not item or len(bounds) > 2 or not all((b.strip().isascii() and b.strip().isdigit()) for b in bounds):
             raise RLFError(f"{usage} ({item!r} is not a number or a range)")
         first, last = int(bounds[0]), int(bounds[-1])
         if first > last:
