@@ -18,6 +18,15 @@ H = 9  # <HALT> id in the hand-built traces
 TARGET = [1, 2, 3]  # two pointers, then the answer 3; <HALT> belongs at loop 4 (index 3)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on 2 busy cores, OpenMP's second thread mostly waits (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def one(trace, p_halt=None, target=TARGET):
     s = score([trace], [p_halt or [0.0] * len(trace)], [target], H)
     return {k: v[0] for k, v in s.items()}
@@ -184,7 +193,7 @@ def test_memory_bench_tells_flat_from_growing():
     loops = [1, 2, 4, 8, 16]
     grows = measure_peaks(leaky, loops, torch.device("cpu"))
     fit = fit_growth(loops, grows["peak_mb"])
-    assert fit["growth_mb_per_loop"] == pytest.approx(4.0, rel=0.2) and not fit["flat"]
+    assert fit["growth_mb_per_loop"] > 3.5 and not fit["flat"]  # >= 4 MB: RSS may round up to huge pages
     kept.clear()
     steady = measure_peaks(flat, loops, torch.device("cpu"))
     assert fit_growth(loops, steady["peak_mb"])["flat"]

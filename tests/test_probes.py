@@ -12,6 +12,15 @@ from rlf.probes import gate_partition, pca, probe_summary, run_probes
 from rlf.train import LoadedRun, build_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on 2 busy cores, OpenMP's second thread mostly waits (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_run(tiny_llama, tmp_path, lifeline="vector"):
     cfg = load_config("tiny", [f"cache_dir={tmp_path / 'cache'}", f"lifeline={lifeline}", "core=transformer",
                                "hops=1-2"])

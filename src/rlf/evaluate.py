@@ -327,14 +327,14 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def render_markdown(result: dict) -> str:
     """eval.md: the headline per split, per-hop tables, ablations and per-loop accuracy, with definitions."""
-    out = [f"# Evaluation of `{result['run']}`\n",
+    out = [f"# Evaluation of `{result['run']}`\n\n",
            f"max loops per example: {result['max_loops']}; rates are `rate [95% Wilson interval] (count/n)`.\n",
-           "## Headline\n",
+           "\n## Headline\n\n",
            md_table(["split", "hops", "n", "trace acc", "answer acc", "halt precision", "gate=0 trace acc",
                      "gate=0 loop agreement"], headline_rows(result))]
     for name, sp in result["splits"].items():
         conds = sp["conditions"]
-        out.append(f"\n## {name} (n = {sp['n']})\n")
+        out.append(f"\n## {name} (n = {sp['n']})\n\n")
         rows = []
         for h, m in [*conds["intact"]["by_hops"].items(), ("all", conds["intact"]["overall"])]:
             rows.append([h, str(m["n"]), fmt_rate(m["trace_acc"]), fmt_rate(m["answer_acc"]),
@@ -342,14 +342,14 @@ def render_markdown(result: dict) -> str:
         out.append(md_table(["hops", "n", "trace acc", "answer acc", "halt precision", "halt recall",
                              "mean p(HALT)"], rows))
         if len(conds) > 1:
-            out.append(f"\n### {name}: ablations at inference\n")
+            out.append(f"\n### {name}: ablations at inference\n\n")
             rows = []
             for cond, c in conds.items():
                 for h, m in [*c["by_hops"].items(), ("all", c["overall"])]:
                     rows.append([cond, h, fmt_rate(m["trace_acc"]), fmt_rate(m["answer_acc"]),
                                  fmt_rate(m.get("loop_agreement")) if cond != "intact" else "-"])
             out.append(md_table(["condition", "hops", "trace acc", "answer acc", "loop agreement"], rows))
-        out.append(f"\n### {name}: per-loop accuracy (intact)\n")
+        out.append(f"\n### {name}: per-loop accuracy (intact)\n\n")
         hop_keys = list(conds["intact"]["by_hops"])
         width = max(len(m["per_loop_acc"]) for m in conds["intact"]["by_hops"].values())
         rows = [[str(i + 1)] + [fmt_rate(conds["intact"]["by_hops"][h]["per_loop_acc"][i], short=True)
