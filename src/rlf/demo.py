@@ -33,11 +33,13 @@ DEMO = {
         "preset": "default",  # the embedded SmolLM2-135M (first 6 layers), Mamba2 core, forward chains of 1-5 hops
         "train": ["n_train=8000", "n_val=300", "max_steps=1500", "val_every=100", "ckpt_every=100"],
         "eval_hops": "1-5,6,8,10",  # in-distribution 1-5, OOD 6, 8, 10
-        "eval_n": 200,  # held-out chains per hop count
+        "eval_n": 100,  # held-out chains per hop count; the ablations run in distribution only
         "memory_loops": (1, 2, 4, 8, 16, 32, 64),
-        "probe_n": 256,
+        "memory_batch": 16,
+        "probe_n": 256,  # chains in the FSM picture
+        "probe_ablation_n": 128,  # chains per condition of the causal gate ablation
         "gate_threshold": 0.1,
-        "random_sets": 5,
+        "random_sets": 3,
         "out": "runs/demo",
     },
     "quick": {
@@ -47,7 +49,9 @@ DEMO = {
         "eval_hops": "1,2,4",
         "eval_n": 8,
         "memory_loops": (1, 2, 4, 8),
+        "memory_batch": 8,
         "probe_n": 12,
+        "probe_ablation_n": 12,
         "gate_threshold": 0.001,  # a few steps barely move the gate
         "random_sets": 2,
         "out": "runs/demo-quick",
@@ -142,10 +146,12 @@ def run_demo(out: str | Path | None = None, quick: bool = False) -> dict:
     summary = stage("data + encode + train", lambda: train_or_reuse(cfg, out, base))
     run = load_run(out, base=base)
     result = stage("evaluate + ablate", lambda: evaluate(out, hops=sizes["eval_hops"], n=sizes["eval_n"],
-                                                         ablations=DEFAULT_ABLATIONS, run=run))
-    memory = stage("memory", lambda: bench_memory(run, out, loops=sizes["memory_loops"]))
+                                                         ablations=DEFAULT_ABLATIONS, run=run,
+                                                         ablate_splits=["in-distribution"]))
+    memory = stage("memory", lambda: bench_memory(run, out, loops=sizes["memory_loops"],
+                                                  batch_size=sizes["memory_batch"]))
     probes = stage("probes", lambda: run_probes(run, out, n=sizes["probe_n"], gate_threshold=sizes["gate_threshold"],
-                                                random_sets=sizes["random_sets"]))
+                                                random_sets=sizes["random_sets"], ablation_n=sizes["probe_ablation_n"]))
     timings["total"] = time.perf_counter() - t0
     path, table = write_report(out, cfg, summary, result, memory, probes, timings, quick)
     return {"headline": table, "path": str(path), "timings": timings}

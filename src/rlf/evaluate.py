@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from rlf.errors import RLFError
 from rlf.model import RLFModel, loop_targets
 from rlf.tasks import Example, default_ood_hops, generate, parse_hops, read_jsonl, write_jsonl
-from rlf.train import LoadedRun, Split, load_run, prepare_split
+from rlf.train import LoadedRun, Split, chain_options, load_run, prepare_split
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def seen_prompts(run_dir: Path) -> set[str]:
 def heldout_examples(cfg, tokenizer, hops: list[int], n: int, exclude=(), seed_offset: int = HELDOUT_SEED_OFFSET
                      ) -> list[Example]:
     """`n` examples per hop count of the run's task (and chain options), from a seed no training split uses."""
-    opts = {"order": cfg.order, "distractors": cfg.distractors} if cfg.task == "chain" else {}
+    opts = chain_options(cfg)
     exclude = set(exclude)
     out = []
     for h in hops:  # one seed per hop: a hop's set does not depend on which other hops are asked for
@@ -261,8 +261,12 @@ def eval_sets(run: LoadedRun, run_dir: Path, data_files=(), hops: list[int] | No
 
 def evaluate(run_dir: str | Path, *, data_files=(), hops: list[int] | str | None = None, n: int = 1000,
              ablations: str | None = DEFAULT_ABLATIONS, max_loops: int | None = None, batch_size: int = 64,
-             seed: int = 0, run: LoadedRun | None = None, progress: bool = True, write: bool = True) -> dict:
-    """Evaluate a run on its held-out sets (and ablations); write eval.json + eval.md into the run directory."""
+             seed: int = 0, run: LoadedRun | None = None, progress: bool = True, write: bool = True,
+             ablate_splits: list[str] | None = None) -> dict:
+    """Evaluate a run on its held-out sets (and ablations); write eval.json + eval.md into the run directory.
+
+    `ablate_splits` names the splits the ablations run on (default: all).
+    """
     run_dir = Path(run_dir)
     run = run or load_run(run_dir)
     if isinstance(hops, str):
@@ -282,7 +286,8 @@ def evaluate(run_dir: str | Path, *, data_files=(), hops: list[int] | str | None
         log.info("evaluating %s: %d examples, hops %s", name, len(examples), sorted({ex.hops for ex in examples}))
         result["splits"][name] = {
             "n": len(examples), "hops": sorted({ex.hops for ex in examples}),
-            "conditions": evaluate_split(run.model, split, abl, max_loops=max_loops, batch_size=batch_size,
+            "conditions": evaluate_split(run.model, split, abl if ablate_splits is None or name in ablate_splits else {},
+                                         max_loops=max_loops, batch_size=batch_size,
                                          seed=seed, name=name, progress=progress),
         }
     if write:

@@ -212,8 +212,10 @@ def trajectory(model: RLFModel, split: Split, tokenizer, out: Path, index: int =
 # ----------------------------------------------------------------------------------------------- all
 
 def run_probes(run: LoadedRun, run_dir: str | Path, out: str | Path | None = None, n: int = 256,
-               gate_threshold: float = 0.1, random_sets: int = 5, seed: int = 0, progress: bool = True) -> dict:
-    """Every probe on `n` held-out chains at the training hops; files into `out` (default RUN/probes)."""
+               gate_threshold: float = 0.1, random_sets: int = 5, seed: int = 0, progress: bool = True,
+               ablation_n: int | None = None) -> dict:
+    """Every probe on `n` held-out chains at the training hops (the causal ablation on the first `ablation_n`,
+    default all); files into `out` (default RUN/probes)."""
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "probes"
     out.mkdir(parents=True, exist_ok=True)
@@ -225,7 +227,9 @@ def run_probes(run: LoadedRun, run_dir: str | Path, out: str | Path | None = Non
     longest = max(range(len(examples)), key=lambda i: (examples[i].hops, -i))  # the first chain of the most hops
     results = {"out": str(out), "fsm": probe_fsm(model, split, out)}
     results["gate_partition"] = gate_partition(model, out, gate_threshold)
-    results["gate_ablation"] = gate_ablation(model, split, results["gate_partition"], out, random_sets, seed)
+    m = min(ablation_n or n, len(examples))
+    first_m = Split(examples[:m], split.encoded, split.target_ids[:m])  # encodings are indexed by position
+    results["gate_ablation"] = gate_ablation(model, first_m, results["gate_partition"], out, random_sets, seed)
     results["trajectory"] = trajectory(model, split, run.base.tokenizer, out, index=longest)
     return results
 
