@@ -1,20 +1,12 @@
 """`rlf demo --quick` end to end in the test suite, then `rlf eval`, `rlf bench memory`, `rlf probe` on its run."""
 
 import json
-import math
 
 import pytest
-import torch
 
 from rlf.cli import main
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on 2 busy cores, OpenMP's second thread mostly waits (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from eval_helpers import all_finite, one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 
 REPORT_FILES = ["report.md", "summary.json", "eval.json", "eval.md", "memory.json", "memory.md",
@@ -30,14 +22,6 @@ def demo(tmp_path_factory, one_thread):
         mp.chdir(root)
         assert main(["demo", "--quick"]) == 0
     return root / "runs" / "demo-quick"
-
-
-def all_finite(obj) -> bool:
-    if isinstance(obj, dict):
-        return all(all_finite(v) for v in obj.values())
-    if isinstance(obj, list):
-        return all(all_finite(v) for v in obj)
-    return obj is not None and (not isinstance(obj, float) or math.isfinite(obj))
 
 
 def test_demo_quick_writes_every_file_with_finite_numbers(demo):

@@ -12,19 +12,12 @@ from rlf.errors import RLFError
 from rlf.bench_memory import bench_memory, fit_growth, measure_peaks
 from rlf.evaluate import evaluate, evaluate_split, parse_ablations, rate, score, summarize, wilson
 from rlf.tasks import generate
-from rlf.train import LoadedRun, build_model, prepare_split
+from rlf.train import LoadedRun, prepare_split
+
+from eval_helpers import one_thread, randomized_model  # noqa: F401  (one_thread: autouse fixture)
 
 H = 9  # <HALT> id in the hand-built traces
 TARGET = [1, 2, 3]  # two pointers, then the answer 3; <HALT> belongs at loop 4 (index 3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on 2 busy cores, OpenMP's second thread mostly waits (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def one(trace, p_halt=None, target=TARGET):
@@ -103,20 +96,6 @@ def test_parse_ablations():
 
 
 # ----------------------------------------------------------------------------------------------- ablations
-
-def randomized_model(tiny_llama, lifeline="vector", core="transformer"):
-    """A tiny untrained model whose loop does something: random core weights and gate, halting now and then."""
-    model = build_model(load_config("tiny", [f"lifeline={lifeline}", f"core={core}", "max_loops=8"]), tiny_llama)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.core.parameters():
-            if p.ndim == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-        if lifeline != "none":
-            model.lifeline_gate.copy_(torch.rand(model.lifeline_gate.shape, generator=g) * 2)
-        model.halt_row.mul_(30)
-    return model.eval()
-
 
 @pytest.fixture(scope="module")
 def tiny_split(tiny_llama, tmp_path_factory):

@@ -1,7 +1,6 @@
 """Probes on a tiny model: every PNG + JSON written, finite numbers, partition and PCA checked by hand."""
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -9,38 +8,15 @@ import torch
 
 from rlf.config import load_config
 from rlf.probes import gate_partition, pca, probe_summary, run_probes
-from rlf.train import LoadedRun, build_model
+from rlf.train import LoadedRun
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on 2 busy cores, OpenMP's second thread mostly waits (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from eval_helpers import all_finite, one_thread, randomized_model  # noqa: F401  (one_thread: autouse fixture)
 
 
 def tiny_run(tiny_llama, tmp_path, lifeline="vector"):
-    cfg = load_config("tiny", [f"cache_dir={tmp_path / 'cache'}", f"lifeline={lifeline}", "core=transformer",
-                               "hops=1-2"])
-    model = build_model(cfg, tiny_llama)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.core.parameters():
-            if p.ndim == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-        if lifeline != "none":
-            model.lifeline_gate.copy_(torch.linspace(0.5, 1.5, model.lifeline_gate.numel()))
-    return LoadedRun(cfg, model.eval(), tiny_llama)
-
-
-def finite_numbers(obj):
-    if isinstance(obj, dict):
-        return all(finite_numbers(v) for v in obj.values())
-    if isinstance(obj, list):
-        return all(finite_numbers(v) for v in obj)
-    return not isinstance(obj, float) or math.isfinite(obj)
+    cfg = load_config("tiny", [f"cache_dir={tmp_path / 'cache'}", "hops=1-2"])
+    model = randomized_model(tiny_llama, lifeline, gate=lambda n: torch.linspace(0.5, 1.5, n))
+    return LoadedRun(cfg, model, tiny_llama)
 
 
 def test_pca_on_a_plane():
@@ -66,7 +42,7 @@ def test_every_probe_writes_png_and_json(tiny_llama, tmp_path):
     for name in ("fsm", "gate_partition", "gate_ablation", "trajectory"):
         assert (tmp_path / "probes" / f"{name}.png").stat().st_size > 1000
         numbers = json.loads((tmp_path / "probes" / f"{name}.json").read_text())
-        assert finite_numbers(numbers), name
+        assert all_finite(numbers), name
     assert 0 < res["fsm"]["variance_explained_2"] <= 1
     assert res["gate_ablation"]["groups"]["amplified"]["size"] == res["gate_partition"]["counts"]["amplified"]
     assert len(res["gate_ablation"]["groups"]["suppressed"]["random"]["each"]) == 2

@@ -1,0 +1,43 @@
+"""Helpers shared by the evaluation, probe and demo tests (not a test module)."""
+
+import math
+
+import pytest
+import torch
+
+from rlf.config import load_config
+from rlf.train import build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread for the importing module: on 2 busy cores OpenMP's second thread mostly waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randomized_model(base, lifeline: str = "vector", core: str = "transformer", gate=None):
+    """A tiny untrained model whose loop does something: random core weights, a gate (random unless given),
+    and a sharpened <HALT> row so that it halts now and then."""
+    model = build_model(load_config("tiny", [f"lifeline={lifeline}", f"core={core}", "max_loops=8"]), base)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.core.parameters():
+            if p.ndim == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        if lifeline != "none":
+            n = model.lifeline_gate.numel()
+            model.lifeline_gate.copy_(torch.rand(n, generator=g) * 2 if gate is None else gate(n))
+        model.halt_row.mul_(30)
+    return model.eval()
+
+
+def all_finite(obj) -> bool:
+    """True when every number in a nested JSON-like object is finite (and nothing is None)."""
+    if isinstance(obj, dict):
+        return all(all_finite(v) for v in obj.values())
+    if isinstance(obj, list):
+        return all(all_finite(v) for v in obj)
+    return obj is not None and (not isinstance(obj, float) or math.isfinite(obj))
