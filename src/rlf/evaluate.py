@@ -67,7 +67,7 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def rate(k, n) -> dict:
+def rate(k: int, n: int) -> dict:
     """A rate with its count and Wilson 95% interval: {k, n, rate, ci95}; rate is None when n = 0."""
     k, n = int(k), int(n)
     return {"k": k, "n": n, "rate": k / n if n else None, "ci95": list(wilson(k, n))}
