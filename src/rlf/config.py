@@ -32,6 +32,8 @@ class TrainConfig:
     task: str = "chain"
     order: Literal["forward", "backward"] = "forward"
     distractors: int = 0
+    name_pool: int = 0  # chain: draw variable names from the first N of the pool (0 = all)
+    value_pool: int = 0  # chain: draw values from the first N of the pool (0 = all)
     hops: str = "1-5"
     n_train: int = 20000
     n_val: int = 500

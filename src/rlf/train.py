@@ -64,9 +64,16 @@ def target_ids_of(examples: list[Example], tokenizer, source: str) -> list[list[
     return out
 
 
+def chain_options(cfg: TrainConfig) -> dict:
+    """The generator options a config implies (chain's order, distractors and vocabulary pools)."""
+    if cfg.task != "chain":
+        return {}
+    return {"order": cfg.order, "distractors": cfg.distractors, "names": cfg.name_pool, "values": cfg.value_pool}
+
+
 def make_data(cfg: TrainConfig, tokenizer) -> tuple[list[Example], list[Example]]:
     """Train and val examples: from files when given, else generated (val with a different seed, no shared prompt)."""
-    opts = {"order": cfg.order, "distractors": cfg.distractors} if cfg.task == "chain" else {}
+    opts = chain_options(cfg)
     if not (cfg.train_file and cfg.val_file):
         from rlf.tasks import generate, parse_hops
     if cfg.train_file:

@@ -17,16 +17,27 @@ from rlf.tasks.vocab import Vocab
 ORDERS = ("forward", "backward")
 
 
-def sample_chain(rng: Random, hops: int, vocab: Vocab, order: str = "backward", distractors: int = 0) -> Sample:
-    """One k-hop chain (k + 1 targets, the last is the value) with `distractors` unrelated chains."""
+def sample_chain(
+    rng: Random, hops: int, vocab: Vocab, order: str = "backward", distractors: int = 0, names: int = 0, values: int = 0
+) -> Sample:
+    """One k-hop chain (k + 1 targets, the last is the value) with `distractors` unrelated chains.
+
+    `names`/`values` > 0 restrict the variable names / values to the first N of their pools (a small
+    vocabulary is learnable by tiny models and lets one measure the effect of vocabulary size).
+    """
     if order not in ORDERS:
         raise RLFError(f"chain: option order={order!r} must be one of {', '.join(ORDERS)}")
     check_count("chain", "distractors", distractors)
+    check_count("chain", "names", names)
+    check_count("chain", "values", values)
+    name_pool = vocab.names[:names] if names else vocab.names
+    value_pool = vocab.words[:values] if values else vocab.words
     lengths = [hops] + [rng.randint(1, hops) for _ in range(distractors)]
     n_names = sum(length + 1 for length in lengths)
-    check_pool("chain", "variable names", n_names, vocab.names, "use fewer hops or distractors")
-    names = rng.sample(vocab.names, n_names)
-    values = rng.sample(vocab.words, len(lengths))
+    check_pool("chain", "variable names", n_names, name_pool, "use fewer hops or distractors, or more names")
+    check_pool("chain", "values", len(lengths), value_pool, "use fewer distractors or more values")
+    names = rng.sample(name_pool, n_names)
+    values = rng.sample(value_pool, len(lengths))
 
     chains, start = [], 0  # chains[c] = that chain's statements in chain order
     for length, value in zip(lengths, values):
