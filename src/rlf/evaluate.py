@@ -233,7 +233,8 @@ def seen_prompts(run_dir: Path) -> set[str]:
 
 def heldout_examples(cfg, tokenizer, hops: list[int], n: int, exclude=(), seed_offset: int = HELDOUT_SEED_OFFSET
                      ) -> list[Example]:
-    """`n` examples per hop count of the run's task (and chain options), from a seed no training split uses."""
+    """`n` examples per hop count of the run's task (and chain options and pools), from a seed no training split
+    uses."""
     opts = chain_options(cfg)
     exclude = set(exclude)
     out = []
