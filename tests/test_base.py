@@ -59,7 +59,7 @@ def test_local_directory_path_like_a_hub_id(tmp_path, tiny_llama):
 
 def test_unknown_base_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RLFError, match="not a known base"):
+    with pytest.raises(RLFError, match="no such model directory"):
         load_base(str(tmp_path / "no-such-model"))
     with pytest.raises(RLFError, match="no such GGUF"):
         load_base(str(tmp_path / "missing.gguf"))

@@ -36,3 +36,16 @@ def test_training_leaves_base_bit_identical_and_stores_only_trainable(tmp_path, 
         assert (tmp_path / "run" / name).is_file(), name
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("val_trace_acc" in x for x in lines) and all(x["step"] <= 3 for x in lines)
+
+
+def test_tiny_model_learns_forward_chains(tmp_path, tiny_llama):
+    """Trace accuracy on held-out 1-3-hop forward chains climbs from 0 (chance) within 300 steps.
+
+    A small vocabulary (12 names, 12 values) because a random tiny base cannot learn to copy arbitrary
+    values in a test's time. Measured: val trace acc 0.365,
+    answer acc 0.80 at step 300 (0.0 at step 50).
+    """
+    cfg = tiny_cfg(tmp_path, "name_pool=12", "value_pool=12", "max_steps=300", "val_every=300", "ckpt_every=300",
+                   "early_stop_patience=0")
+    summary = train(cfg, tmp_path / "run", progress=False, base=tiny_llama)
+    assert summary["val_answer_acc"] >= 0.6 and summary["val_trace_acc"] >= 0.2, summary
