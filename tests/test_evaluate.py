@@ -178,9 +178,6 @@ def test_memory_bench_tells_flat_from_growing():
     assert fit_growth(loops, steady["peak_mb"])["flat"]
 
 
-@pytest.mark.xfail(reason="RLFModel.solve keeps a view of each loop's full (B, V+1) softmax: "
-                          "`halt_ps.append(p[:, self.halt_id])` holds p's storage (≈ B·V·4 bytes per loop)",
-                   strict=False)
 def test_solve_memory_is_flat(tiny_llama, tmp_path):
     cfg = load_config("tiny", [f"cache_dir={tmp_path}"])
     run = LoadedRun(cfg, randomized_model(tiny_llama), tiny_llama)

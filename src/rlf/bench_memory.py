@@ -45,6 +45,15 @@ def _fix_mmap_threshold() -> bool:
         return False
 
 
+def _trim() -> None:
+    """glibc: hand freed heap pages back to the OS, so memory an earlier call freed (and the allocator kept)
+    is not reused invisibly by the next one: RSS then rises for every page a call touches."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _rss() -> int:
     return psutil.Process().memory_info().rss
 
@@ -68,6 +77,7 @@ def _read_hwm() -> int:
 
 def _peak_cpu(fn) -> tuple[int, str]:
     """Peak process RSS (bytes) while `fn()` runs, and the method used."""
+    _trim()
     if _reset_hwm():
         fn()
         return _read_hwm(), "VmHWM"
@@ -92,6 +102,8 @@ def measure_peaks(fn: Callable[[int], object], loops: list[int], device: torch.d
     """Peak memory (MB) of `fn(L)` for each loop count L, after one warm-up call, and how it was measured."""
     cuda = device.type == "cuda"
     allocator = None if cuda else ("glibc, mmap threshold fixed at 64 KiB" if _fix_mmap_threshold() else "default")
+    if not cuda:
+        _trim()
     baseline = 0 if cuda else _rss()
     fn(loops[0])  # warm-up: lazy initialisation, allocator pools
     peaks, method = [], "torch.cuda.max_memory_allocated" if cuda else None

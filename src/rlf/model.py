@@ -184,7 +184,7 @@ class RLFModel(nn.Module):
             top_p, top = p.max(-1)
             tokens.append(torch.where(done, self.halt_id, top))
             probs.append(top_p)
-            halt_ps.append(p[:, self.halt_id])
+            halt_ps.append(p[:, self.halt_id].clone())  # a copy: a view would keep all of p alive
             if return_states:
                 states.append(h)
             halted_at = torch.where(~done & (top == self.halt_id), torch.full_like(halted_at, i), halted_at)
