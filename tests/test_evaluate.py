@@ -1,6 +1,9 @@
 """Evaluation: metrics on hand-built traces, Wilson intervals, inference ablations, `rlf eval` on a tiny model."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ import torch
 from rlf.cli import main
 from rlf.config import load_config
 from rlf.errors import RLFError
-from rlf.bench_memory import bench_memory, fit_growth, measure_peaks
+from rlf.bench_memory import fit_growth
 from rlf.evaluate import evaluate, evaluate_split, parse_ablations, rate, score, summarize, wilson
 from rlf.tasks import generate
 from rlf.train import LoadedRun, prepare_split
@@ -157,30 +160,54 @@ def test_cli_eval_errors_are_clear(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------------------- memory
 
+LEAK_SCRIPT = """
+import json, torch
+from rlf.bench_memory import fit_growth, measure_peaks
+kept = []
+def leaky(n):  # keeps 4 MB per loop
+    for _ in range(n):
+        kept.append(torch.ones(2**20))
+def flat(n):  # 4 MB per loop, freed before the next
+    for _ in range(n):
+        x = torch.ones(2**20)
+        del x
+loops = [1, 2, 4, 8, 16]
+grows = fit_growth(loops, measure_peaks(leaky, loops, torch.device("cpu"))["peak_mb"])
+kept.clear()
+steady = fit_growth(loops, measure_peaks(flat, loops, torch.device("cpu"))["peak_mb"])
+print(json.dumps([grows, steady]))
+"""
+
+
+def run_fresh(script: str) -> object:
+    """Run a measurement in a fresh process (a process that ran other tests has allocator state of its own)."""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_memory_bench_tells_flat_from_growing():
-    kept = []
-
-    def leaky(n):  # keeps 4 MB per loop
-        for _ in range(n):
-            kept.append(torch.ones(2**20))
-
-    def flat(n):  # 4 MB per loop, freed before the next
-        for _ in range(n):
-            x = torch.ones(2**20)
-            del x
-
-    loops = [1, 2, 4, 8, 16]
-    grows = measure_peaks(leaky, loops, torch.device("cpu"))
-    fit = fit_growth(loops, grows["peak_mb"])
-    assert fit["growth_mb_per_loop"] > 3.5 and not fit["flat"]  # >= 4 MB: RSS may round up to huge pages
-    kept.clear()
-    steady = measure_peaks(flat, loops, torch.device("cpu"))
-    assert fit_growth(loops, steady["peak_mb"])["flat"]
+    grows, steady = run_fresh(LEAK_SCRIPT)
+    assert grows["growth_mb_per_loop"] > 3.5 and not grows["flat"]  # >= 4 MB: RSS may round up to huge pages
+    assert steady["flat"], steady
 
 
-def test_solve_memory_is_flat(tiny_llama, tmp_path):
-    cfg = load_config("tiny", [f"cache_dir={tmp_path}"])
-    run = LoadedRun(cfg, randomized_model(tiny_llama), tiny_llama)
-    res = bench_memory(run, tmp_path, loops=[1, 2, 4, 8, 16, 32], batch_size=16)
+MEMORY_SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from eval_helpers import randomized_model
+from rlf.base import load_base
+from rlf.bench_memory import bench_memory
+from rlf.config import load_config
+from rlf.train import LoadedRun
+base = load_base("tiny-llama")
+run = LoadedRun(load_config("tiny", ["cache_dir={tmp}"]), randomized_model(base), base)
+print(json.dumps(bench_memory(run, {tmp!r}, loops=[1, 2, 4, 8, 16, 32], batch_size=16)))
+"""
+
+
+def test_solve_memory_is_flat(tmp_path):
+    """In a fresh process: RSS in a process that ran other tests depends on what the allocator kept."""
+    res = run_fresh(MEMORY_SCRIPT.format(tests=str(Path(__file__).parent), tmp=str(tmp_path)))
     assert (tmp_path / "memory.json").is_file() and "peak MB" in (tmp_path / "memory.md").read_text()
     assert res["flat"], res
