@@ -14,21 +14,10 @@ from rlf.cli import main
 from rlf.config import load_config
 from rlf.train import train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = ["core=transformer", "n_train=8", "n_val=4", "batch_size=4", "max_steps=2", "warmup_steps=1",
          "early_stop_patience=0", "device=cpu"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("encodings"))
 
 
 @pytest.fixture(scope="module")

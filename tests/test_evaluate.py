@@ -12,7 +12,6 @@ import torch
 from rlf.cli import main
 from rlf.config import load_config
 from rlf.errors import RLFError
-from rlf.bench_memory import fit_growth
 from rlf.evaluate import evaluate, evaluate_split, parse_ablations, rate, score, summarize, wilson
 from rlf.tasks import generate
 from rlf.train import LoadedRun, prepare_split

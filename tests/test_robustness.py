@@ -31,23 +31,12 @@ from rlf.errors import RLFError
 from rlf.tasks import parse_hops, read_jsonl
 from rlf.train import build_model, latest_checkpoint, load_checkpoint, load_run, make_optimizer, save_checkpoint, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SRC = Path(rlf.train.__file__).parent
 SMALL = ["core=transformer", "n_train=24", "n_val=8", "batch_size=4", "max_steps=8", "warmup_steps=2",
          "val_every=4", "ckpt_every=2", "log_every=1", "early_stop_patience=0", "device=cpu"]
 TIMING = ("examples_per_s", "train_seconds")  # the only fields of metrics.jsonl that may differ between runs
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("encodings"))
 
 
 def small_overrides(cache_dir: str, *extra: str) -> list[str]:
