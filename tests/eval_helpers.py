@@ -2,20 +2,10 @@
 
 import math
 
-import pytest
 import torch
 
 from rlf.config import load_config
 from rlf.train import build_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread for the importing module: on 2 busy cores OpenMP's second thread mostly waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def randomized_model(base, lifeline: str = "vector", core: str = "transformer", gate=None):

@@ -3,10 +3,13 @@
 import json
 
 import pytest
+import torch
 
 from rlf.cli import main
 
-from eval_helpers import all_finite, one_thread  # noqa: F401  (one_thread: autouse fixture)
+from eval_helpers import all_finite
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 REPORT_FILES = ["report.md", "summary.json", "eval.json", "eval.md", "memory.json", "memory.md",
@@ -15,12 +18,17 @@ REPORT_FILES = ["report.md", "summary.json", "eval.json", "eval.md", "memory.jso
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, one_thread):
+def demo(tmp_path_factory):
     """A quick demo run in a fresh folder (its runs/ and cache/ stay there); returns the run directory."""
     root = tmp_path_factory.mktemp("demo")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        assert main(["demo", "--quick"]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the one_thread fixture, which is per test
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(root)
+            assert main(["demo", "--quick"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return root / "runs" / "demo-quick"
 
 

@@ -16,7 +16,9 @@ from rlf.evaluate import evaluate, evaluate_split, parse_ablations, rate, score,
 from rlf.tasks import generate
 from rlf.train import LoadedRun, prepare_split
 
-from eval_helpers import one_thread, randomized_model  # noqa: F401  (one_thread: autouse fixture)
+from eval_helpers import randomized_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 H = 9  # <HALT> id in the hand-built traces
 TARGET = [1, 2, 3]  # two pointers, then the answer 3; <HALT> belongs at loop 4 (index 3)
@@ -192,7 +194,8 @@ def test_memory_bench_tells_flat_from_growing():
 
 
 MEMORY_SCRIPT = """
-import json, sys
+import json, sys, torch
+torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 from eval_helpers import randomized_model
 from rlf.base import load_base
@@ -201,7 +204,7 @@ from rlf.config import load_config
 from rlf.train import LoadedRun
 base = load_base("tiny-llama")
 run = LoadedRun(load_config("tiny", ["cache_dir={tmp}"]), randomized_model(base), base)
-print(json.dumps(bench_memory(run, {tmp!r}, loops=[1, 2, 4, 8, 16, 32], batch_size=16)))
+print(json.dumps(bench_memory(run, {tmp!r}, loops=[1, 2, 4, 8, 16, 24], batch_size=16)))
 """
 
 

@@ -10,7 +10,9 @@ from rlf.config import load_config
 from rlf.probes import gate_partition, pca, probe_summary, run_probes
 from rlf.train import LoadedRun
 
-from eval_helpers import all_finite, one_thread, randomized_model  # noqa: F401  (one_thread: autouse fixture)
+from eval_helpers import all_finite, randomized_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_run(tiny_llama, tmp_path, lifeline="vector"):
