@@ -12,13 +12,15 @@ import json
 import logging
 import platform
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from rlf.base import load_base
-from rlf.bench_memory import bench_memory, render_memory
+from rlf.bench_memory import render_memory
 from rlf.config import load_config
 from rlf.errors import RLFError
 from rlf.evaluate import DEFAULT_ABLATIONS, evaluate, fmt_rate, md_table, render_markdown
@@ -68,6 +70,16 @@ def train_or_reuse(cfg, out: Path, base) -> dict:
         log.info("reusing the trained run in %s", out)
         return json.loads((out / "summary.json").read_text())
     return train(cfg, out, resume=(out / "config.json").is_file(), base=base)
+
+
+def memory_in_fresh_process(out: Path, loops, batch_size: int, device: str) -> dict:
+    """`rlf bench memory` in a fresh process: RSS here depends on what training and evaluation left in the allocator."""
+    cmd = [sys.executable, "-m", "rlf.cli", "bench", "memory", str(out), "--loops", ",".join(map(str, loops)),
+           "--batch-size", str(batch_size), "--device", device]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RLFError(f"{' '.join(cmd)} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads((out / "memory.json").read_text())
 
 
 def headline(summary: dict, result: dict, memory: dict, probes: dict) -> list[list[str]]:
@@ -148,8 +160,8 @@ def run_demo(out: str | Path | None = None, quick: bool = False) -> dict:
     result = stage("evaluate + ablate", lambda: evaluate(out, hops=sizes["eval_hops"], n=sizes["eval_n"],
                                                          ablations=DEFAULT_ABLATIONS, run=run,
                                                          ablate_splits=["in-distribution"]))
-    memory = stage("memory", lambda: bench_memory(run, out, loops=sizes["memory_loops"],
-                                                  batch_size=sizes["memory_batch"]))
+    memory = stage("memory", lambda: memory_in_fresh_process(out, sizes["memory_loops"], sizes["memory_batch"],
+                                                             cfg.device))
     probes = stage("probes", lambda: run_probes(run, out, n=sizes["probe_n"], gate_threshold=sizes["gate_threshold"],
                                                 random_sets=sizes["random_sets"], ablation_n=sizes["probe_ablation_n"]))
     timings["total"] = time.perf_counter() - t0
