@@ -98,7 +98,9 @@ class RLFModel(nn.Module):
         if self.cfg.bridge_rank:
             h = h + self.bridge_up(self.bridge_down(h))
         h = self.final_norm(h)
-        return F.linear(h, torch.cat([self.lm_head, self.halt_row], 0))  # (..., V + 1)
+        # two products, not one over cat([lm_head, halt_row]): the cat copies the vocabulary matrix every call and,
+        # as it requires grad, autograd would form the full (V, d) weight gradient only to keep its last row
+        return torch.cat([F.linear(h, self.lm_head), F.linear(h, self.halt_row)], -1)  # (..., V + 1)
 
     def lifeline_source(self, x_prompt, lengths, prompt_mode: str, generator: torch.Generator | None):
         """What the lifeline re-injects: the prompt, Gaussian noise of matched norm, or the prompt shuffled."""

@@ -1,15 +1,19 @@
 """One Mamba2 mixer block (transformers' `Mamba2Mixer`) with a pre-norm; our only contact with its internals.
 
-The mixer uses the `mamba-ssm` CUDA kernels when installed and a pure-PyTorch chunked scan otherwise.
-On CPU the PyTorch path pads every sequence to a whole chunk, so `chunk_size` should be close to the
-prompt lengths; the core shrinks it per call to the batch's length (rounded up to 8).
+With the `mamba-ssm` CUDA kernels installed the mixer's own fused forward runs. Without them the core runs
+`ssd_forward`: the mixer's parameters and arithmetic, with the scan done as one chunk covering the whole
+(short) prompt. transformers' PyTorch fallback pads to whole chunks and, even for one chunk, builds and
+passes (batch, heads, head_dim, state) inter-chunk states that the loop never uses: about a quarter of a
+CPU training step. `tests/test_model.py` checks the two paths agree.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 D_STATE, EXPAND, HEAD_DIM = 64, 2, 64
@@ -45,7 +49,42 @@ class Mamba2Core(nn.Module):
         m.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The PyTorch scan pads T up to a whole chunk; a chunk just covering T does the least work.
-        # The result does not depend on the chunk size (the chunked scan is exact).
-        self.mixer.chunk_size = min(self.chunk_size, -(-x.shape[1] // 8) * 8)
-        return self.mixer(self.norm(x))  # (B, T, d)
+        h = self.norm(x)
+        if (x.is_cuda and _HAS_KERNELS) or x.shape[1] > ONE_CHUNK_MAX:
+            self.mixer.chunk_size = min(self.chunk_size, -(-x.shape[1] // 8) * 8)
+            return self.mixer(h)  # (B, T, d)
+        return ssd_forward(self.mixer, h)
+
+
+ONE_CHUNK_MAX = 256  # longer prompts use the chunked scan: one chunk holds a (batch, heads, T, T) decay matrix
+_HAS_KERNELS = importlib.util.find_spec("mamba_ssm") is not None
+
+
+def ssd_forward(m, h: torch.Tensor) -> torch.Tensor:
+    """transformers' `Mamba2Mixer` forward (no cache, no padding mask) with the scan as one chunk of length T.
+
+    The state-space dual form: y_l = sum_{s<=l} C_l.B_s exp(sum_{s<r<=l} A dt_r) dt_s x_s + D x_l, per head.
+    """
+    Bsz, T, _ = h.shape
+    gate, xBC, dt = m.in_proj(h).split([m.intermediate_size, m.conv_dim, m.num_heads], dim=-1)
+    # the causal depthwise convolution as K shifted multiply-adds: mkldnn's depthwise conv1d backward alone
+    # cost ~10% of a training step
+    K = m.conv_kernel_size
+    w = m.conv1d.weight[:, 0, :]  # (conv_dim, K); tap K-1 multiplies the current position
+    padded = F.pad(xBC, (0, 0, K - 1, 0))  # (B, K-1+T, conv_dim)
+    conv = sum(padded[:, k : k + T] * w[:, k] for k in range(K))
+    xBC = m.act(conv + m.conv1d.bias if m.conv1d.bias is not None else conv)  # (B, T, conv_dim)
+    xs, Bm, Cm = xBC.split([m.intermediate_size, m.n_groups * m.ssm_state_size, m.n_groups * m.ssm_state_size], -1)
+    dt = F.softplus(dt + m.dt_bias).clamp(*m.time_step_limit).float()  # (B, T, H)
+    A = -torch.exp(m.A_log.float())  # (H,)
+    xs = xs.view(Bsz, T, m.num_heads, m.head_dim).float()
+    g = m.num_heads // m.n_groups
+    Bm = Bm.view(Bsz, T, m.n_groups, m.ssm_state_size).float().repeat_interleave(g, 2)  # (B, T, H, N)
+    Cm = Cm.view(Bsz, T, m.n_groups, m.ssm_state_size).float().repeat_interleave(g, 2)
+    cum = torch.cumsum(A * dt, dim=1).transpose(1, 2)  # (B, H, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
+    decay = torch.exp((cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, -torch.inf))  # (B, H, l, s)
+    scores = torch.einsum("blhn,bshn->bhls", Cm, Bm) * decay
+    y = torch.einsum("bhls,bshp->blhp", scores, xs * dt[..., None]) + m.D[:, None] * xs  # (B, T, H, P)
+    y = m.norm(y.reshape(Bsz, T, -1), gate)
+    return m.out_proj(y.to(h.dtype))
