@@ -177,6 +177,40 @@ def _layer_list(model: nn.Module, n_layers: int) -> tuple[nn.Module, str]:
     raise RLFError(f"cannot find the list of {n_layers} layers in {type(model).__name__}; encoder_layers unsupported")
 
 
+LOOPABLE = ("llama", "gpt2", "mamba2")  # model types whose layers BaseLayers can run (tested on the tiny configs)
+
+
+class BaseLayers(nn.Module):
+    """Base blocks run on a hidden state (B, T, d) -> (B, T, d): causal in T, positions 0..T-1, no cache.
+
+    transformers' own layer modules, given what the base's forward would give them: the causal mask
+    (`create_causal_mask`, so right-padding never reaches a real position) and, for a rotary model, the base's
+    rotary embedding. Frozen and always in eval mode (no dropout), like the rest of the base.
+    """
+
+    def __init__(self, layers: nn.ModuleList, config, rotary: nn.Module | None):
+        super().__init__()
+        self.layers = layers
+        self.rotary = rotary
+        self.config = config  # the base's config: attention implementation, model type
+
+    def train(self, mode: bool = True) -> "BaseLayers":
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from transformers.masking_utils import create_causal_mask
+
+        kw = {}
+        if self.config.model_type != "mamba2":  # an SSM block is causal by construction
+            pos = torch.arange(x.shape[1], device=x.device)[None]  # (1, T)
+            kw["attention_mask"] = create_causal_mask(self.config, x, None, None, position_ids=pos)
+            if self.rotary is not None:
+                kw |= {"position_ids": pos, "position_embeddings": self.rotary(x, pos)}
+        for layer in self.layers:
+            x = layer(x, **kw)
+        return x
+
+
 @dataclass
 class Base:
     """A frozen base model truncated to its first `encoder_layers` blocks (plus final norm)."""
@@ -187,6 +221,7 @@ class Base:
     encoder_layers: int
     total_layers: int
     fingerprint: str  # identifies the weights: part of every cache key
+    upper_layers: BaseLayers | None = None  # the `loop_layers` blocks right above the encoder (None when 0)
 
     @property
     def hidden_size(self) -> int:
@@ -254,9 +289,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def load_base(
-    spec: str = EMBEDDED, encoder_layers: int | None = None, dtype: str = "float32", device: str = "auto"
+    spec: str = EMBEDDED, encoder_layers: int | None = None, dtype: str = "float32", device: str = "auto",
+    loop_layers: int = 0,
 ) -> Base:
-    """Load a frozen base: `smollm2-135m`, `tiny-gpt2|tiny-llama|tiny-mamba2`, a .gguf path, a dir or hub id."""
+    """Load a frozen base: `smollm2-135m`, `tiny-gpt2|tiny-llama|tiny-mamba2`, a .gguf path, a dir or hub id.
+
+    With `loop_layers=M` the M blocks right above the encoder are kept too, as `Base.upper_layers`.
+    """
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
@@ -296,14 +335,33 @@ def load_base(
     n = total if encoder_layers is None else encoder_layers
     if not 1 <= n <= total:
         raise RLFError(f"encoder_layers={encoder_layers}: {spec} has {total} layers; use 1..{total}")
+    upper = None
+    if loop_layers:
+        _check_loop_layers(spec, model.config.model_type, loop_layers, encoder_layers, total)
     if n < total:
         parent, attr = _layer_list(model, total)
+        if loop_layers:
+            rotary = getattr(model.base_model, "rotary_emb", None)
+            upper = BaseLayers(getattr(parent, attr)[n : n + loop_layers], model.config, rotary)
+            upper.eval().requires_grad_(False)
         setattr(parent, attr, getattr(parent, attr)[:n])
         model.config.num_hidden_layers = n
     model.eval().requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return Base(spec, model, tokenizer, n, total, f"{fingerprint}-{dtype}")
+    return Base(spec, model, tokenizer, n, total, f"{fingerprint}-{dtype}", upper)
+
+
+def _check_loop_layers(spec: str, model_type: str, loop_layers: int, encoder_layers: int | None, total: int) -> None:
+    if encoder_layers is None:
+        raise RLFError(f"loop_layers={loop_layers} needs encoder_layers set (the bottom layers, encoded once and "
+                       f"cached); e.g. encoder_layers={max(1, total - loop_layers)} for {spec} ({total} layers)")
+    if not 0 <= loop_layers <= total - encoder_layers:
+        raise RLFError(f"loop_layers={loop_layers}: {spec} has {total} layers and encoder_layers={encoder_layers} "
+                       f"caches the bottom {encoder_layers}; use 0..{total - encoder_layers}")
+    if model_type not in LOOPABLE:
+        raise RLFError(f"loop_layers={loop_layers}: not supported for {model_type} bases (supported: "
+                       f"{', '.join(LOOPABLE)}); use loop_layers=0")
 
 
 def _model_fingerprint(model: nn.Module) -> str:

@@ -49,6 +49,9 @@ class TrainConfig:
     scratchpad: int = 0
     bridge_rank: int = 0
     chunk_size: int = 64
+    loop_layers: int = 0  # the seeds' full recipe: this many base layers above encoder_layers run inside the loop
+    lora_rank: int = 8  # ... adapted with LoRA of this rank and alpha (only the adapters train)
+    lora_alpha: float = 16.0
     supervision: Literal["per_loop", "final"] = "per_loop"
     extra_halt_loops: int = 1  # loops past the longest trace in a batch, all <HALT>: teaches halting to stick
     # optimisation
@@ -73,6 +76,9 @@ class TrainConfig:
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), f.type, "config")
             _check_value(f.name, getattr(self, f.name), "config")
+        if self.loop_layers and self.encoder_layers is None:
+            raise RLFError(f"config: loop_layers={self.loop_layers} needs encoder_layers set (the bottom layers, "
+                           "encoded once and cached; the loop runs the next loop_layers), e.g. encoder_layers=6")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -107,8 +113,8 @@ def _check_type(name: str, value, declared, where: str) -> None:
 
 
 _POSITIVE = ("n_train", "n_val", "batch_size", "max_steps", "val_every", "ckpt_every", "log_every", "max_loops",
-             "chunk_size", "max_bad_steps", "encoder_layers", "lr", "grad_clip")
-_NON_NEGATIVE = ("distractors", "scratchpad", "bridge_rank", "warmup_steps", "extra_halt_loops",
+             "chunk_size", "max_bad_steps", "encoder_layers", "lr", "grad_clip", "lora_rank", "lora_alpha")
+_NON_NEGATIVE = ("distractors", "scratchpad", "bridge_rank", "loop_layers", "warmup_steps", "extra_halt_loops",
                  "early_stop_patience", "weight_decay")
 
 

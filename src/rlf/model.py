@@ -4,6 +4,7 @@
     for i in 0, 1, 2, ...:
         x = x + gate * x_prompt                    # Prompt Lifeline
         x = loop_position(x, i)                    # rotary encoding of the loop index
+        x = looped_layers(x)                       # optional (loop_layers=M): the base's next M blocks, with LoRA
         x = x + core(x)                            # residual update, causal in T
         x = loop_norm(x)
         logits_i = head(x[:, answer_pos])          # base LM head (+ final norm) and one extra row for <HALT>
@@ -35,6 +36,9 @@ class RLFConfig:
     scratchpad: int = 0  # K learned memory tokens prepended to the sequence (0 = off)
     bridge_rank: int = 0  # low-rank bridge x + up(down(x)) before the head (0 = off)
     chunk_size: int = 64  # Mamba2 scan chunk: ~ the prompt length on CPU, where the scan pads to whole chunks
+    loop_layers: int = 0  # base blocks above the encoder run in the loop before the core, with LoRA (0 = off)
+    lora_rank: int = 8  # the seeds' rank-8 LoRA
+    lora_alpha: float = 16.0
 
     def __post_init__(self):
         for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
@@ -61,10 +65,24 @@ def loop_rope(x: torch.Tensor, loop_index: int | torch.Tensor, base: float = 100
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
 
+def with_lora(layers: nn.Module, rank: int, alpha: float) -> nn.Module:
+    """A copy of frozen base layers with peft LoRA adapters on every linear map; only the adapters train.
+
+    The copy shares the frozen weights with the base (no second copy in memory, the base itself is not modified);
+    the adapters start as the identity (peft initialises B = 0).
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    layers = copy.deepcopy(layers, memo={id(p): p for p in layers.parameters()})
+    lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear")
+    return inject_adapter_in_model(lora, layers)
+
+
 class RLFModel(nn.Module):
     """The loop model on top of a frozen base's encodings; the base's LM head and final norm form the head."""
 
-    def __init__(self, cfg: RLFConfig, lm_head: torch.Tensor, final_norm: nn.Module):
+    def __init__(self, cfg: RLFConfig, lm_head: torch.Tensor, final_norm: nn.Module,
+                 upper_layers: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
@@ -88,6 +106,11 @@ class RLFModel(nn.Module):
         else:
             self.register_buffer("lm_head", lm_head.detach().float(), persistent=False)
         self.halt_row = nn.Parameter(lm_head.detach().float().mean(0, keepdim=True).clone())  # (1, d)
+        if cfg.loop_layers:  # last, so the other parameters draw the same random numbers with or without it
+            n = len(getattr(upper_layers, "layers", ()))
+            if n != cfg.loop_layers:
+                raise ValueError(f"loop_layers={cfg.loop_layers} needs that many base layers (upper_layers), got {n}")
+            self.looped_layers = with_lora(upper_layers, cfg.lora_rank, cfg.lora_alpha)
 
     @property
     def halt_id(self) -> int:
@@ -130,6 +153,8 @@ class RLFModel(nn.Module):
             x = loop_rope(x, loop_index)
         elif self.cfg.loop_pos == "learned":
             x = x + self.loop_embedding[min(loop_index, self.cfg.max_loops - 1)]
+        if self.cfg.loop_layers:
+            x = self.looped_layers(x)  # the base's upper blocks (frozen + LoRA), causal in T, their own residual
         x = x + self.core(x)
         return self.loop_norm(x)
 

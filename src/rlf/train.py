@@ -108,16 +108,22 @@ def build_model(cfg: TrainConfig, base: Base) -> RLFModel:
     mcfg = RLFConfig(
         d_model=base.hidden_size, vocab_size=base.lm_head.shape[0], core=cfg.core, lifeline=cfg.lifeline,
         loop_pos=cfg.loop_pos, max_loops=cfg.max_loops, train_head=cfg.train_head, scratchpad=cfg.scratchpad,
-        bridge_rank=cfg.bridge_rank, chunk_size=cfg.chunk_size,
+        bridge_rank=cfg.bridge_rank, chunk_size=cfg.chunk_size, loop_layers=cfg.loop_layers, lora_rank=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
     )
+    have = len(base.upper_layers.layers) if base.upper_layers is not None else 0
+    if cfg.loop_layers and have != cfg.loop_layers:
+        raise RLFError(f"loop_layers={cfg.loop_layers}: the base was loaded with {have} loop layers; load it with "
+                       f"load_base({cfg.base!r}, {cfg.encoder_layers}, loop_layers={cfg.loop_layers})")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = RLFModel(mcfg, base.lm_head, base.final_norm)
+        model = RLFModel(mcfg, base.lm_head, base.final_norm, base.upper_layers if cfg.loop_layers else None)
     return model.to(base.device)
 
 
 def make_optimizer(model: RLFModel, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with no weight decay on the gate, norms, HALT row, scratchpad and loop embedding (1-D or special)."""
+    """AdamW with no weight decay on the gate, norms, HALT row, scratchpad and loop embedding (1-D or special);
+    matrices (core, bridge, LoRA A/B) decay."""
     decay, no_decay = [], []
     for name, p in trainable_parameters(model).items():
         special = any(k in name for k in ("lifeline_gate", "norm", "halt_row", "scratchpad", "loop_embedding"))
@@ -316,7 +322,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     run.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
-    base = base or load_base(cfg.base, cfg.encoder_layers, device=cfg.device)
+    base = base or load_base(cfg.base, cfg.encoder_layers, device=cfg.device, loop_layers=cfg.loop_layers)
     if resume:  # the exact data the run started with
         train_ex, val_ex = read_jsonl(run / "train.jsonl"), read_jsonl(run / "val.jsonl")
         try:
@@ -478,7 +484,7 @@ def load_run(path: str | Path, device: str = "auto", base: Base | None = None) -
     """Load a trained run directory (config.json + model.safetensors, or its latest checkpoint)."""
     run = Path(path)
     cfg = read_run_config(run)
-    base = base or load_base(cfg.base, cfg.encoder_layers, device=device)
+    base = base or load_base(cfg.base, cfg.encoder_layers, device=device, loop_layers=cfg.loop_layers)
     model = build_model(cfg, base)
     weights = run / "model.safetensors"
     if not weights.is_file():
