@@ -15,12 +15,13 @@ from rlf.errors import RLFError
 
 BENCH_PARSERS = [
     "rlf.bench:add_memory_parser",  # rlf bench memory RUN
+    "rlf.bench:add_headline_parser",  # rlf bench headline
 ]
 
 
 def add_bench_parser(sub) -> None:
     """Add `rlf bench SUBCOMMAND ...` to the top-level subcommands, with every entry of BENCH_PARSERS."""
-    p = sub.add_parser("bench", help="benchmarks (memory per loop, ...)")
+    p = sub.add_parser("bench", help="benchmarks (memory per loop, the headline table)")
     bench_sub = p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
     for entry in BENCH_PARSERS:
         module, func = entry.split(":")
@@ -50,4 +51,47 @@ def cmd_memory(args: argparse.Namespace) -> int:
     run = load_run(args.run, device=args.device)
     result = bench_memory(run, args.run, loops=loops, batch_size=args.batch_size)
     print(json.dumps(result, indent=2) if args.json else render_memory(result))
+    return 0
+
+
+def add_headline_parser(bench_sub) -> None:
+    """`rlf bench headline`: Mamba2 vs Transformer on identical data, baselines, stability, ablations -> RESULTS.md."""
+    p = bench_sub.add_parser(
+        "headline", help="train both cores per protocol (+ baselines, ablations), measure, write docs/RESULTS.md",
+        description="Train (or reuse, or resume) the Mamba2 and Transformer cores on identical data and "
+                    "hyperparameters for each protocol, with the base-alone and no-loop baselines and the component "
+                    "ablations; measure accuracy in and out of distribution, halting, the severed lifeline, "
+                    "stability, memory and throughput; write OUT/headline.json, the Markdown report and a per-hop "
+                    "plot. Rerunning continues an interrupted run (finished runs and measurements are reused).")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides for every run (as `rlf train`), e.g. max_steps=2000 n_train=40000")
+    p.add_argument("--out", default=None, help="folder of the runs and headline.json (default runs/headline; "
+                                               "--quick: runs/headline-quick)")
+    p.add_argument("--protocols", default="forward,backward",
+                   help="forward (the seeds': chain order) and/or backward (pointer chasing with distractors)")
+    p.add_argument("--cores", default="mamba2,transformer", help="cores side by side (default mamba2,transformer)")
+    p.add_argument("--ablations", default="on",
+                   help="on (lifeline=scalar,lifeline=none,loop_pos=learned,loop_pos=none,supervision=final), off, "
+                        "or a comma list of key=value variants; trained on the first core and protocol")
+    p.add_argument("--n-ood", type=int, default=None,
+                   help="held-out chains per hop count, in and out of distribution (default 1000; --quick 6)")
+    p.add_argument("--ood-hops", default=None, help="OOD hop counts (default 6,8,10,16,32; --quick 3,4)")
+    p.add_argument("--preset", default=None, help="training preset (default: default; --quick: tiny)")
+    p.add_argument("--distractors", type=int, default=2,
+                   help="distractor chains of the backward protocol (default 2: order=backward distractors=2)")
+    p.add_argument("--docs", default=None, help="the Markdown report (default docs/RESULTS.md, with "
+                                                "results_per_hop.png beside it; --quick: OUT/RESULTS.md)")
+    p.add_argument("--quick", action="store_true", help="tiny base, a few steps, small sets: checks the tool")
+    p.set_defaults(func=cmd_headline)
+
+
+def cmd_headline(args: argparse.Namespace) -> int:
+    """Run the headline benchmark and print where its files are."""
+    from rlf.headline import run_headline
+
+    res = run_headline(args.out, protocols=[s.strip() for s in args.protocols.split(",") if s.strip()],
+                       cores=[s.strip() for s in args.cores.split(",") if s.strip()], ablations=args.ablations,
+                       n=args.n_ood, ood_hops=args.ood_hops, preset=args.preset, overrides=args.overrides,
+                       distractors=args.distractors, docs=args.docs, quick=args.quick)
+    print(f"results: {res['settings']['out']}/headline.json\nreport: {res['docs']}\nplot: {res['plot']}")
     return 0

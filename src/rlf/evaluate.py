@@ -270,6 +270,9 @@ def evaluate(run_dir: str | Path, *, data_files=(), hops: list[int] | str | None
     """
     run_dir = Path(run_dir)
     run = run or load_run(run_dir)
+    if run.config.supervision == "answer_once":
+        raise RLFError(f"{run_dir}: a no-loop run (supervision=answer_once) has no trace to evaluate; "
+                       "`rlf bench headline` measures its answer accuracy at loop 1")
     if isinstance(hops, str):
         hops = parse_hops(hops)
     if n <= 0:

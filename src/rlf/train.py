@@ -259,16 +259,23 @@ def load_weights(model: RLFModel, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def validate(model: RLFModel, split: Split, batch_size: int = 64) -> dict:
-    """Trace accuracy (every loop right and <HALT> at the right loop) and answer accuracy on a split."""
+def validate(model: RLFModel, split: Split, batch_size: int = 64, supervision: str = "per_loop") -> dict:
+    """Trace accuracy (every loop right and <HALT> at the right loop) and answer accuracy on a split.
+
+    With supervision="answer_once" (no loop) the trace is the answer at loop 1: both accuracies are that.
+    """
     model.eval()
     n_trace = n_answer = 0
     for i in range(0, len(split.examples), batch_size):
         idx = list(range(i, min(i + batch_size, len(split.examples))))
         x, lengths, tids = split.batch(idx)
-        n_loops = max(len(t) for t in tids) + 1
+        n_loops = 1 if supervision == "answer_once" else max(len(t) for t in tids) + 1
         logits = model(x.to(model.lm_head.device), lengths, n_loops)
         pred = logits.argmax(-1).cpu()
+        if supervision == "answer_once":
+            hits = int(sum(pred[row, 0] == t[-1] for row, t in enumerate(tids)))
+            n_trace, n_answer = n_trace + hits, n_answer + hits
+            continue
         targets = loop_targets(tids, model.halt_id, n_loops)
         for row, t in enumerate(tids):
             k = len(t)
@@ -378,8 +385,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         t0 = time.perf_counter()
         idx = batch_order(sizes, cfg.batch_size, cfg.seed, step)
         x, lengths, tids = train_split.batch(idx)
-        n_loops = max(len(t) for t in tids) + 1 + cfg.extra_halt_loops
-        targets = loop_targets(tids, model.halt_id, n_loops, cfg.supervision).to(device)
+        if cfg.supervision == "answer_once":  # the no-loop baseline: the core once, the answer its only target
+            n_loops, targets = 1, torch.tensor([[t[-1]] for t in tids], device=device)
+        else:
+            n_loops = max(len(t) for t in tids) + 1 + cfg.extra_halt_loops
+            targets = loop_targets(tids, model.halt_id, n_loops, cfg.supervision).to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         with autocast:
@@ -411,7 +421,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
             _append_jsonl(metrics_path, rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['trace_acc']:.2f}", ex_s=f"{rate:.0f}")
         if step % cfg.val_every == 0 or step == cfg.max_steps:
-            val = validate(model, val_split)
+            val = validate(model, val_split, supervision=cfg.supervision)
             _append_jsonl(metrics_path, {"step": step, **val, "train_seconds": state["train_seconds"]})
             state["best_val_trace_acc"] = max(state["best_val_trace_acc"], val["val_trace_acc"])
             state["good_checks"] = state["good_checks"] + 1 if val["val_trace_acc"] >= cfg.early_stop_acc else 0
@@ -426,7 +436,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         raise RLFError(f"training stopped: {state['stopped']} (lower lr or check the data); checkpoint kept in {run}")
 
     _save_weights_atomic(model, run / "model.safetensors")
-    final = validate(model, val_split)
+    final = validate(model, val_split, supervision=cfg.supervision)
     summary = {"run": str(run), "steps": state["step"], "stopped": state["stopped"] or "max_steps",
                "train_seconds": round(state["train_seconds"], 1), "encode_seconds": round(encode_s, 1),
                "examples_per_s": round(state["step"] * cfg.batch_size / max(state["train_seconds"], 1e-9), 1),
