@@ -122,6 +122,15 @@ def test_a_config_file_reads_1e_minus_3_as_a_number(tmp_path):
     assert load_config(None, [], str(path)).lr == 0.001
 
 
+def test_an_integer_for_a_float_key_is_the_same_config(tmp_path):
+    """`lora_alpha: 16` and `lora_alpha: 16.0` must not look like different configs to --resume."""
+    path = tmp_path / "config.yaml"
+    path.write_text("lora_alpha: 16\nlr: 1\n")
+    cfg = load_config(None, [], str(path))
+    assert type(cfg.lora_alpha) is float and type(cfg.lr) is float
+    assert cfg.digest() == load_config(None, ["lora_alpha=16.0", "lr=1.0"]).digest()
+
+
 def test_missing_config_file(capsys, tmp_path):
     fails(capsys, ["train", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")],
           "nope.yaml", "no such file")

@@ -76,6 +76,8 @@ class TrainConfig:
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), f.type, "config")
             _check_value(f.name, getattr(self, f.name), "config")
+            if float in typing.get_args(_HINTS[f.name]) + (_HINTS[f.name],) and type(getattr(self, f.name)) is int:
+                setattr(self, f.name, float(getattr(self, f.name)))  # `lr: 1` and `lr: 1.0` are one config
         if self.loop_layers and self.encoder_layers is None:
             raise RLFError(f"config: loop_layers={self.loop_layers} needs encoder_layers set (the bottom layers, "
                            "encoded once and cached; the loop runs the next loop_layers), e.g. encoder_layers=6")

@@ -13,7 +13,9 @@ import json
 import logging
 import math
 import os
+import resource
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -440,13 +442,23 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     summary = {"run": str(run), "steps": state["step"], "stopped": state["stopped"] or "max_steps",
                "train_seconds": round(state["train_seconds"], 1), "encode_seconds": round(encode_s, 1),
                "examples_per_s": round(state["step"] * cfg.batch_size / max(state["train_seconds"], 1e-9), 1),
-               "skipped_steps": state["skipped_steps"], **final}
+               "skipped_steps": state["skipped_steps"], **peak_memory_mb(device), **final}
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
     (run / "summary.md").write_text(
         "# Training summary\n\n| field | value |\n|---|---|\n"
         + "".join(f"| {k} | {v} |\n" for k, v in summary.items())
     )
     return summary
+
+
+def peak_memory_mb(device: torch.device) -> dict:
+    """This process's peak resident memory (base, encodings and training: the whole run), and on CUDA the peak
+    tensor memory. (After a resume, the peak of the resumed process only.)"""
+    rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    out = {"peak_rss_mb": round(rss_bytes / 2**20, 1)}
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- loading
