@@ -3,6 +3,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
+from rlf.base import load_base
 from rlf.config import load_config
 from rlf.train import batch_order, load_run, train
 
@@ -38,14 +39,17 @@ def test_training_leaves_base_bit_identical_and_stores_only_trainable(tmp_path, 
     assert any("val_trace_acc" in x for x in lines) and all(x["step"] <= 3 for x in lines)
 
 
-def test_tiny_model_learns_forward_chains(tmp_path, tiny_llama):
-    """Trace accuracy on held-out 1-3-hop forward chains climbs from 0 (chance) within 300 steps.
+def test_tiny_model_learns_forward_chains(tmp_path):
+    """A tiny model reaches >= 95% trace accuracy on held-out 1-3-hop forward chains.
 
-    A small vocabulary (12 names, 12 values) because a random tiny base cannot learn to copy arbitrary
-    values in a test's time. Measured: val trace acc 0.365,
-    answer acc 0.80 at step 300 (0.0 at step 50).
+    The base is tiny-gpt2: a forward trace names the statements in order, so the loop must find "the i-th
+    statement", which needs position information in the frozen encodings. A random tiny Llama has none (RoPE
+    acts inside attention only) and stalls near 40% trace accuracy, right on the first pointer and the value,
+    wrong on the middle pointers; GPT-2's learned position embeddings give it. 32 names and 16 values keep
+    the value copying within a test's time. Measured (one thread): val trace acc 0.385 at step 300, 0.91 at
+    400, 0.98 at 500.
     """
-    cfg = tiny_cfg(tmp_path, "name_pool=12", "value_pool=12", "max_steps=300", "val_every=300", "ckpt_every=300",
-                   "early_stop_patience=0")
-    summary = train(cfg, tmp_path / "run", progress=False, base=tiny_llama)
-    assert summary["val_answer_acc"] >= 0.6 and summary["val_trace_acc"] >= 0.2, summary
+    cfg = tiny_cfg(tmp_path, "base=tiny-gpt2", "name_pool=32", "value_pool=16", "n_train=20000", "max_steps=800",
+                   "val_every=50", "ckpt_every=800", "early_stop_acc=0.95", "early_stop_patience=1")
+    summary = train(cfg, tmp_path / "run", progress=False, base=load_base("tiny-gpt2"))
+    assert summary["val_trace_acc"] >= 0.95, summary
