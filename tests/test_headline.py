@@ -98,15 +98,56 @@ def test_forced_loop_agrees_with_solve_until_the_halt(tiny_llama, tiny_split, mo
         assert np.array_equal(out["tokens"][row, :stop].numpy(), tokens[row, :stop])
 
 
-def test_base_answers_are_the_full_base_next_token(tiny_llama):
-    """Final norm + LM head at the last position of the encoder with every layer = the causal LM's own logits."""
+def test_base_answers_are_the_first_word_of_the_full_base_greedy_generation(tiny_llama):
+    """Generation uses the causal LM's own logits (final norm + LM head of the encoder with every layer), and the
+    answer is the first generated word as a " word" token id, or -1."""
     examples = generate("chain", 3, [1, 2], 3, tiny_llama.tokenizer)
     template = "{prompt}\nAnswer:"
-    preds = base_answers(tiny_llama, examples, template, batch_size=2)
+    preds = base_answers(tiny_llama, examples, template, batch_size=2, max_new_tokens=3)
+    tok = tiny_llama.tokenizer
     for ex, pred in zip(examples, preds):
-        ids = torch.tensor([tiny_llama.tokenize([template.replace("{prompt}", ex.prompt)])[0]])
+        ids = tiny_llama.tokenize([template.replace("{prompt}", ex.prompt)])[0]
         with torch.no_grad():
-            assert tiny_llama.model(input_ids=ids).logits[0, -1].argmax().item() == pred
+            for _ in range(3):
+                ids.append(tiny_llama.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax().item())
+        words = tok.decode(ids[-3:]).split()
+        word = words[0].strip(".,;:!?\"'()") if words else ""
+        single = tok(" " + word, add_special_tokens=False)["input_ids"] if word else []
+        assert pred == (single[0] if len(single) == 1 else -1)
+
+
+def test_base_answers_score_the_first_word_not_the_first_token(monkeypatch, tiny_llama):
+    """A base that starts with whitespace before the answer word is credited with the word."""
+    tok = tiny_llama.tokenizer
+    moon = tok(" moon", add_special_tokens=False)["input_ids"]
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    assert len(moon) == 1 and len(newline) == 1
+    script = iter([newline[0], tok("moon", add_special_tokens=False)["input_ids"][0], newline[0]])
+
+    class Scripted:  # next-token logits that spell "\nmoon\n"
+        def __init__(self):
+            self.lm_head = torch.eye(tiny_llama.lm_head.shape[0], 4)
+            self.tokenizer = tok
+
+        def tokenize(self, texts):
+            return [[1, 2] for _ in texts]
+
+        def encode_ids(self, ids):
+            return torch.zeros(len(ids), max(map(len, ids)), 4), torch.tensor([len(i) for i in ids])
+
+    fake = Scripted()
+    calls = []
+
+    def linear(h, w):
+        calls.append(1)
+        out = torch.zeros(h.shape[0], w.shape[0])
+        out[:, next(script)] = 1.0
+        return out
+
+    monkeypatch.setattr("rlf.headline.F.linear", linear)
+    examples = generate("chain", 1, [1], 0, tok)
+    assert base_answers(fake, examples, "{prompt}", max_new_tokens=3).tolist() == [moon[0]]
+    assert len(calls) == 3
 
 
 # ----------------------------------------------------------------------------------------------- the no-loop option

@@ -5,7 +5,7 @@ pointer chasing) — both cores are trained on identical data and hyperparameter
 overrides; only `core` differs) and measured the same way on the same held-out sets: in-distribution and
 per-hop OOD trace accuracy, halt precision, the lifeline severed at inference (gate = 0), inference memory
 per loop (in a fresh process), steps to 99%, throughput. Beside them, as baselines on the same prompts:
-the frozen base alone (all its layers, greedy next token at the answer position) and a no-loop model (the
+the frozen base alone (all its layers, the first word of its greedy generation) and a no-loop model (the
 core applied once, trained with the answer as its only target: `supervision=answer_once`). Two stability
 measurements: the loop forced to run twice the needed loops without stopping at `<HALT>` (halting must be
 absorbing, the answer must not change), and per hop count the loop at which `<HALT>` first fires. Then a
@@ -87,11 +87,13 @@ SEEDS = {
     "examples_per_s": "≈ 7.6 (4.2 s per step of 32; §6 reference, Mamba2)",
 }
 
+GEN_TOKENS = 4  # greedy tokens the base alone may generate before its first word counts as its answer
+
 DEFINITIONS = {
     "trace accuracy": "every loop target right and <HALT> at exactly the target loop (see `rlf eval`)",
     "answer accuracy": "the answer token is right: for the loop models the token just before the first <HALT>; for "
-                       "the base alone its greedy next token after the prompt; for the no-loop model its top-1 "
-                       "token after one pass of the core",
+                       f"the base alone the first word of its greedy generation ({GEN_TOKENS} tokens) after the prompt; "
+                       "for the no-loop model its top-1 token after one pass of the core",
     "halt precision": "of the examples that emit <HALT>, the fraction whose first <HALT> is at the target loop",
     "lifeline at 0": "the lifeline gate scaled by 0 at inference (in distribution): trace accuracy, and loop "
                      "agreement = over (example, target loop) pairs, the fraction whose top-1 equals the intact "
@@ -241,16 +243,29 @@ def loop_one_answers(model: RLFModel, split: Split, batch_size: int = 64) -> np.
 
 @torch.no_grad()
 def base_answers(base: Base, examples: list[Example], template: str, batch_size: int = 16,
-                 progress: bool = False) -> np.ndarray:
-    """The frozen base's greedy next token (N,) after each templated prompt: its final norm and LM head at the
-    last position (with every layer loaded, this is the base model's own prediction)."""
+                 progress: bool = False, max_new_tokens: int = GEN_TOKENS) -> np.ndarray:
+    """The frozen base's answer (N,) by greedy generation after each templated prompt: the first word of the
+    `max_new_tokens` generated tokens, as the id of the token " word" (-1 when that is not one token, or when
+    nothing but whitespace/punctuation was generated). Scoring only the first generated token would measure
+    formatting: SmolLM2 often starts its answer with " " or "\n", or ends its turn. The next token is the final
+    norm and LM head at the last position (with every layer loaded, the base model's own prediction)."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt))
-    preds = np.zeros(len(examples), dtype=np.int64)
+    preds = np.full(len(examples), -1, dtype=np.int64)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for idx in tqdm(batches, desc="base alone", unit="batch", disable=not progress, dynamic_ncols=True, leave=False):
-        x, lengths = base.encode([apply_template(template, examples[i].prompt) for i in idx])  # (B, T, d), normed
-        h = x[torch.arange(len(idx)), lengths.to(x.device) - 1]  # (B, d)
-        preds[idx] = F.linear(h, base.lm_head.float()).argmax(-1).cpu().numpy()
+        ids = base.tokenize([apply_template(template, examples[i].prompt) for i in idx])
+        new = [[] for _ in idx]
+        for _ in range(max_new_tokens):  # no KV cache: a few tokens on short prompts
+            x, lengths = base.encode_ids([p + g for p, g in zip(ids, new)])  # (B, T, d), normed
+            h = x[torch.arange(len(idx)), lengths.to(x.device) - 1]  # (B, d)
+            for g, t in zip(new, F.linear(h, base.lm_head.float()).argmax(-1).tolist()):
+                g.append(t)
+        for i, g in zip(idx, new):
+            words = base.tokenizer.decode(g).split()
+            word = words[0].strip(".,;:!?\"'()") if words else ""
+            token = base.tokenizer(" " + word, add_special_tokens=False)["input_ids"] if word else []
+            if len(token) == 1:
+                preds[i] = token[0]
     return preds
 
 
@@ -401,11 +416,11 @@ def measure_no_loop(run: LoadedRun, run_dir: Path, hops: list[int], n: int, prog
 
 
 def measure_base_alone(base: Base, cfg: TrainConfig, sets: dict[str, list[Example]], progress: bool) -> dict:
-    """Answer accuracy of the frozen base's greedy next token on the same held-out sets."""
+    """Answer accuracy of the frozen base's greedy generation (its first word) on the same held-out sets."""
     tids = {name: target_ids_of(ex, base.tokenizer, name) for name, ex in sets.items()}
     answers = measure_answers(lambda name: base_answers(base, sets[name], cfg.template, progress=progress), sets,
                               tids)
-    return {"answers": answers, "eval_sets": _sets_digest(sets), "base": cfg.base,
+    return {"answers": answers, "eval_sets": _sets_digest(sets), "base": cfg.base, "generated_tokens": GEN_TOKENS,
             "layers": f"{base.encoder_layers} of {base.total_layers}"}
 
 
@@ -531,7 +546,7 @@ def run_headline(out: str | Path | None = None, *, protocols=("forward", "backwa
         sets = eval_sets(run, out / first.name, hops=hops + ood, n=n)
         full = base_for(first.cfg, None)  # every layer: the base model's own next-token prediction
         key = {"base": first.cfg.base, "fingerprint": full.fingerprint, "template": first.cfg.template,
-               "eval_sets": _sets_digest(sets)}
+               "eval_sets": _sets_digest(sets), "generated_tokens": GEN_TOKENS}
         log.info("headline: %s protocol: the base alone (%d layers) on the same prompts", p, full.encoder_layers)
         base_alone = cached(out / f"base-alone-{p}.json", key,
                             lambda: measure_base_alone(full, first.cfg, sets, progress))
@@ -629,7 +644,8 @@ def baseline_table(proto: dict) -> str:
             "in-distribution": {"overall": intact["in-distribution"]["overall"]["answer_acc"]},
             "ood": {"by_hops": {h: v["answer_acc"] for h, v in intact["ood"]["by_hops"].items()}}}))
     b = proto["baselines"]["base_alone"]
-    rows.append([f"base alone ({b['base']}, {b['layers']} layers, greedy next token)"] + cells(b["answers"]))
+    rows.append([f"base alone ({b['base']}, {b['layers']} layers, first word of {b['generated_tokens']} greedy tokens)"]
+                + cells(b["answers"]))
     for core, m in proto["baselines"]["no_loop"].items():
         rows.append([f"no loop, {core} core once (answer-only target)"] + cells(m["answers"]))
     return md_table(["model (answer accuracy)", "in distribution", *(f"{h} hops" for h in proto["ood_hops"])], rows)
