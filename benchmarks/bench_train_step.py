@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from rlf.base import load_base
 from rlf.cache import apply_template, encode_cached
 from rlf.config import load_config
-from rlf.model import loop_loss, loop_targets
+from rlf.model import loop_loss, loop_targets, loops_needed
 from rlf.tasks import generate, parse_hops
 from rlf.train import batch_order, build_model, make_optimizer, target_ids_of
 
@@ -31,7 +31,7 @@ def seed_style_step(model, base, opt, examples, tids, template):
     texts = [apply_template(template, ex.prompt) for ex in examples]
     with torch.no_grad():
         x_prompt, lengths = base.encode(texts)  # the frozen base, every step
-    n_loops = max(len(t) for t in tids) + 2
+    n_loops = loops_needed(tids, extra=1)
     source = x_prompt
     x, _ = model._start(x_prompt, lengths)
     all_logits = []
@@ -54,7 +54,7 @@ def seed_style_step(model, base, opt, examples, tids, template):
 def rlf_step(model, opt, enc, tids, idx):
     x, lengths = enc.batch(idx)
     t = [tids[i] for i in idx]
-    n_loops = max(len(v) for v in t) + 2
+    n_loops = loops_needed(t, extra=1)
     loss, _ = loop_loss(model(x, lengths, n_loops), loop_targets(t, model.halt_id, n_loops))
     opt.zero_grad()
     loss.backward()

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlf.errors import RLFError
-from rlf.model import RLFModel, loop_targets
+from rlf.model import RLFModel, loop_targets, loops_needed
 from rlf.tasks import Example, default_ood_hops, generate, parse_hops, read_jsonl, write_jsonl
 from rlf.train import LoadedRun, Split, chain_options, load_run, prepare_split
 
@@ -188,7 +188,7 @@ def run_solve(model: RLFModel, split: Split, *, max_loops: int | None = None, ba
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True, leave=False):
         x, lengths, tids = split.batch(idx)
-        need = max(len(t) for t in tids) + 1
+        need = loops_needed(tids)
         limit = max_loops or 2 * need
         out = model.solve(x.to(device), lengths, limit, min_loops=min(need, limit), generator=gen, **(ablation or {}))
         t, p = out["tokens"].cpu().numpy(), out["p_halt"].float().cpu().numpy()

@@ -700,8 +700,9 @@ def render_results(results: dict, plot_name: str) -> str:
                 else "genuine pointer chasing: statements shuffled, targets from the query, distractor chains")
         parts += [
             f"## Protocol `{p}` ({what}; `{' '.join(proto['overrides'])}`)\n",
-            f"Trained on hops {','.join(map(str, proto['train_hops']))}; both cores on identical data and "
-            f"hyperparameters; held-out sets identical across the models of this protocol: "
+            f"Trained on hops {','.join(map(str, proto['train_hops']))}"
+            + ("; the cores on identical data and hyperparameters" if len(proto["cores"]) > 1 else "")
+            + f"; held-out sets identical across the models of this protocol: "
             f"{'yes' if proto['same_eval_sets'] else 'NO'}.\n",
             headline_table(proto, p),
             "### Baselines: answer accuracy on the same prompts\n", baseline_table(proto),

@@ -224,11 +224,21 @@ class RLFModel(nn.Module):
         return out
 
 
+def loops_needed(target_ids: list[list[int]], supervision: str = "per_loop", extra: int = 0) -> int:
+    """Loops a batch runs: the longest trace, its <HALT>, and `extra` more <HALT> loops; one for answer_once."""
+    return 1 if supervision == "answer_once" else max(len(t) for t in target_ids) + 1 + extra
+
+
 def loop_targets(target_ids: list[list[int]], halt_id: int, n_loops: int, supervision: str = "per_loop") -> torch.Tensor:
     """Targets (B, n_loops): each example's per-loop ids, then <HALT> at every later loop (absorbing halt).
 
     With supervision="final" only the answer loop and the halt loops are supervised (others = -100, ignored).
+    With supervision="answer_once" (the no-loop baseline, n_loops = 1) the answer is the only target.
     """
+    if supervision == "answer_once":
+        if n_loops != 1:
+            raise ValueError(f"supervision=answer_once runs one loop, not n_loops={n_loops}")
+        return torch.tensor([[ids[-1]] for ids in target_ids], dtype=torch.long)
     out = torch.full((len(target_ids), n_loops), halt_id, dtype=torch.long)
     for row, ids in enumerate(target_ids):
         if len(ids) >= n_loops:
@@ -265,4 +275,4 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["RLFConfig", "RLFModel", "loop_rope", "loop_targets", "loop_loss", "trainable_parameters"]
+__all__ = ["RLFConfig", "RLFModel", "loop_rope", "loops_needed", "loop_targets", "loop_loss", "trainable_parameters"]

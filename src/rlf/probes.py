@@ -22,7 +22,7 @@ import torch
 from matplotlib.figure import Figure
 
 from rlf.evaluate import fmt_rate, heldout_examples, run_solve, score, seen_prompts, summarize, train_hops
-from rlf.model import RLFModel
+from rlf.model import RLFModel, loops_needed
 from rlf.train import LoadedRun, Split, prepare_split
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def target_loop_states(model: RLFModel, split: Split, batch_size: int = 64) -> t
     for i in range(0, len(split.examples), batch_size):
         idx = list(range(i, min(i + batch_size, len(split.examples))))
         x, lengths, tids = split.batch(idx)
-        n_loops = max(len(t) for t in tids) + 1
+        n_loops = loops_needed(tids)
         _, h = model(x.to(device), lengths, n_loops, return_states=True)  # (B, L, d)
         for row, t in enumerate(tids):
             states.append(h[row, : len(t) + 1].float().cpu().numpy())

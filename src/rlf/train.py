@@ -28,7 +28,7 @@ from rlf.base import Base, load_base
 from rlf.cache import EncodedSet, encode_cached
 from rlf.config import TrainConfig, read_run_config
 from rlf.errors import RLFError
-from rlf.model import RLFConfig, RLFModel, loop_loss, loop_targets, trainable_parameters
+from rlf.model import RLFConfig, RLFModel, loop_loss, loop_targets, loops_needed, trainable_parameters
 from rlf.tasks import Example, read_jsonl, target_token_id, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -271,11 +271,11 @@ def validate(model: RLFModel, split: Split, batch_size: int = 64, supervision: s
     for i in range(0, len(split.examples), batch_size):
         idx = list(range(i, min(i + batch_size, len(split.examples))))
         x, lengths, tids = split.batch(idx)
-        n_loops = 1 if supervision == "answer_once" else max(len(t) for t in tids) + 1
+        n_loops = loops_needed(tids, supervision)
         logits = model(x.to(model.lm_head.device), lengths, n_loops)
         pred = logits.argmax(-1).cpu()
         if supervision == "answer_once":
-            hits = int(sum(pred[row, 0] == t[-1] for row, t in enumerate(tids)))
+            hits = int((pred[:, 0] == loop_targets(tids, model.halt_id, 1, supervision)[:, 0]).sum())
             n_trace, n_answer = n_trace + hits, n_answer + hits
             continue
         targets = loop_targets(tids, model.halt_id, n_loops)
@@ -387,11 +387,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         t0 = time.perf_counter()
         idx = batch_order(sizes, cfg.batch_size, cfg.seed, step)
         x, lengths, tids = train_split.batch(idx)
-        if cfg.supervision == "answer_once":  # the no-loop baseline: the core once, the answer its only target
-            n_loops, targets = 1, torch.tensor([[t[-1]] for t in tids], device=device)
-        else:
-            n_loops = max(len(t) for t in tids) + 1 + cfg.extra_halt_loops
-            targets = loop_targets(tids, model.halt_id, n_loops, cfg.supervision).to(device)
+        n_loops = loops_needed(tids, cfg.supervision, cfg.extra_halt_loops)
+        targets = loop_targets(tids, model.halt_id, n_loops, cfg.supervision).to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         with autocast:
