@@ -98,15 +98,21 @@ def test_forced_loop_agrees_with_solve_until_the_halt(tiny_llama, tiny_split, mo
         assert np.array_equal(out["tokens"][row, :stop].numpy(), tokens[row, :stop])
 
 
-def test_base_answers_are_the_first_word_of_the_full_base_greedy_generation(tiny_llama):
+CHAT = "{% for m in messages %}<|user|> {{ m['content'] }}\n{% endfor %}<|assistant|>"
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_base_answers_are_the_first_word_of_the_full_base_greedy_generation(monkeypatch, tiny_llama, chat):
     """Generation uses the causal LM's own logits (final norm + LM head of the encoder with every layer), and the
-    answer is the first generated word as a " word" token id, or -1."""
+    answer is the first generated word as a " word" token id, or -1; with `chat` the prompt is a chat user turn."""
     examples = generate("chain", 3, [1, 2], 3, tiny_llama.tokenizer)
     template = "{prompt}\nAnswer:"
-    preds = base_answers(tiny_llama, examples, template, batch_size=2, max_new_tokens=3)
     tok = tiny_llama.tokenizer
+    monkeypatch.setattr(tok, "chat_template", CHAT)
+    preds = base_answers(tiny_llama, examples, template, batch_size=2, max_new_tokens=3, chat=chat)
     for ex, pred in zip(examples, preds):
-        ids = tiny_llama.tokenize([template.replace("{prompt}", ex.prompt)])[0]
+        text = f"<|user|> {ex.prompt}\n<|assistant|>" if chat else template.replace("{prompt}", ex.prompt)
+        ids = tok(text, add_special_tokens=not chat)["input_ids"]
         with torch.no_grad():
             for _ in range(3):
                 ids.append(tiny_llama.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax().item())
@@ -234,7 +240,7 @@ HEADLINE_ROWS = ["in-distribution trace accuracy (hops 1-2)", "halt precision", 
                  "OOD trace accuracy, 4 hops", "lifeline at 0: loop agreement", "lifeline at 0: trace accuracy",
                  "peak inference memory", "memory growth per loop", "steps to 99% val trace acc",
                  "training wall time", "examples/s (training)", "tokens/s (training)",
-                 "base alone (tiny-llama", "no loop, mamba2 core once", "no loop, transformer core once",
+                 "base alone (tiny-llama", "the prompt as a chat user turn)", "no loop, mamba2 core once", "no loop, transformer core once",
                  "in-distribution: forced trace accuracy", "ood: halt absorbing", "ood: answer unchanged",
                  "First <HALT> loop per hop count, mamba2", "First <HALT> loop per hop count, transformer",
                  "## Component ablations", "| lifeline=none |", "| main run (lifeline=vector",
@@ -268,8 +274,10 @@ def test_quick_headline_end_to_end_and_resumes(tmp_path, capsys):
                                zero["loop_agreement"]["rate"],
                                m["stability"]["ood"]["overall"]["forced_trace_acc"]["rate"]])
             assert sum(sum(v["counts"].values()) for v in m["halt_histogram"].values()) == 4 * 6
-        for b in [proto["baselines"]["base_alone"], *proto["baselines"]["no_loop"].values()]:
-            assert b["answers"]["in-distribution"]["overall"]["n"] == 12 and all_finite(b["answers"])
+        alone = proto["baselines"]["base_alone"]  # the tiny tokenizer has a chat template: both formats measured
+        no_loop = [b["answers"] for b in proto["baselines"]["no_loop"].values()]
+        for answers in [alone["answers"], alone["chat_answers"], *no_loop]:
+            assert answers["in-distribution"]["overall"]["n"] == 12 and all_finite(answers)
         assert set(res["ablations"]["rows"]) == {"lifeline=none",
                                                  "main run (lifeline=vector, loop_pos=rope, supervision=per_loop)"}
         assert res["command"].startswith("rlf bench headline --out")

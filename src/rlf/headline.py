@@ -92,7 +92,8 @@ GEN_TOKENS = 4  # greedy tokens the base alone may generate before its first wor
 DEFINITIONS = {
     "trace accuracy": "every loop target right and <HALT> at exactly the target loop (see `rlf eval`)",
     "answer accuracy": "the answer token is right: for the loop models the token just before the first <HALT>; for "
-                       f"the base alone the first word of its greedy generation ({GEN_TOKENS} tokens) after the prompt; "
+                       f"the base alone the first word of its greedy generation ({GEN_TOKENS} tokens) after the prompt (in the "
+                       "run's template, and as a chat user turn when the tokenizer has a chat template); "
                        "for the no-loop model its top-1 token after one pass of the core",
     "halt precision": "of the examples that emit <HALT>, the fraction whose first <HALT> is at the target loop",
     "lifeline at 0": "the lifeline gate scaled by 0 at inference (in distribution): trace accuracy, and loop "
@@ -243,8 +244,9 @@ def loop_one_answers(model: RLFModel, split: Split, batch_size: int = 64) -> np.
 
 @torch.no_grad()
 def base_answers(base: Base, examples: list[Example], template: str, batch_size: int = 16,
-                 progress: bool = False, max_new_tokens: int = GEN_TOKENS) -> np.ndarray:
-    """The frozen base's answer (N,) by greedy generation after each templated prompt: the first word of the
+                 progress: bool = False, max_new_tokens: int = GEN_TOKENS, chat: bool = False) -> np.ndarray:
+    """The frozen base's answer (N,) by greedy generation after each templated prompt (with `chat`: after the prompt
+    as a user turn of the tokenizer's chat template, the format an instruct base is tuned on): the first word of the
     `max_new_tokens` generated tokens, as the id of the token " word" (-1 when that is not one token, or when
     nothing but whitespace/punctuation was generated). Scoring only the first generated token would measure
     formatting: SmolLM2 often starts its answer with " " or "\n", or ends its turn. The next token is the final
@@ -253,7 +255,12 @@ def base_answers(base: Base, examples: list[Example], template: str, batch_size:
     preds = np.full(len(examples), -1, dtype=np.int64)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for idx in tqdm(batches, desc="base alone", unit="batch", disable=not progress, dynamic_ncols=True, leave=False):
-        ids = base.tokenize([apply_template(template, examples[i].prompt) for i in idx])
+        if chat:
+            texts = [base.tokenizer.apply_chat_template([{"role": "user", "content": examples[i].prompt}],
+                                                        add_generation_prompt=True, tokenize=False) for i in idx]
+            ids = [base.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        else:
+            ids = base.tokenize([apply_template(template, examples[i].prompt) for i in idx])
         new = [[] for _ in idx]
         for _ in range(max_new_tokens):  # no KV cache: a few tokens on short prompts
             x, lengths = base.encode_ids([p + g for p, g in zip(ids, new)])  # (B, T, d), normed
@@ -416,12 +423,19 @@ def measure_no_loop(run: LoadedRun, run_dir: Path, hops: list[int], n: int, prog
 
 
 def measure_base_alone(base: Base, cfg: TrainConfig, sets: dict[str, list[Example]], progress: bool) -> dict:
-    """Answer accuracy of the frozen base's greedy generation (its first word) on the same held-out sets."""
+    """Answer accuracy of the frozen base's greedy generation (its first word) on the same held-out sets: after the
+    run's template (`answers`) and, when the tokenizer has a chat template, as a chat user turn (`chat_answers`)."""
     tids = {name: target_ids_of(ex, base.tokenizer, name) for name, ex in sets.items()}
-    answers = measure_answers(lambda name: base_answers(base, sets[name], cfg.template, progress=progress), sets,
-                              tids)
-    return {"answers": answers, "eval_sets": _sets_digest(sets), "base": cfg.base, "generated_tokens": GEN_TOKENS,
-            "layers": f"{base.encoder_layers} of {base.total_layers}"}
+
+    def answers(chat: bool) -> dict:
+        return measure_answers(lambda name: base_answers(base, sets[name], cfg.template, progress=progress, chat=chat),
+                               sets, tids)
+
+    out = {"answers": answers(False), "eval_sets": _sets_digest(sets), "base": cfg.base,
+           "generated_tokens": GEN_TOKENS, "layers": f"{base.encoder_layers} of {base.total_layers}"}
+    if base.tokenizer.chat_template:
+        out["chat_answers"] = answers(True)
+    return out
 
 
 def trace_rates(splits: dict) -> dict:
@@ -546,7 +560,8 @@ def run_headline(out: str | Path | None = None, *, protocols=("forward", "backwa
         sets = eval_sets(run, out / first.name, hops=hops + ood, n=n)
         full = base_for(first.cfg, None)  # every layer: the base model's own next-token prediction
         key = {"base": first.cfg.base, "fingerprint": full.fingerprint, "template": first.cfg.template,
-               "eval_sets": _sets_digest(sets), "generated_tokens": GEN_TOKENS}
+               "eval_sets": _sets_digest(sets), "generated_tokens": GEN_TOKENS,
+               "chat": bool(full.tokenizer.chat_template)}
         log.info("headline: %s protocol: the base alone (%d layers) on the same prompts", p, full.encoder_layers)
         base_alone = cached(out / f"base-alone-{p}.json", key,
                             lambda: measure_base_alone(full, first.cfg, sets, progress))
@@ -644,8 +659,10 @@ def baseline_table(proto: dict) -> str:
             "in-distribution": {"overall": intact["in-distribution"]["overall"]["answer_acc"]},
             "ood": {"by_hops": {h: v["answer_acc"] for h, v in intact["ood"]["by_hops"].items()}}}))
     b = proto["baselines"]["base_alone"]
-    rows.append([f"base alone ({b['base']}, {b['layers']} layers, first word of {b['generated_tokens']} greedy tokens)"]
-                + cells(b["answers"]))
+    what = f"{b['base']}, {b['layers']} layers, first word of {b['generated_tokens']} greedy tokens"
+    rows.append([f"base alone ({what}, the run's template)"] + cells(b["answers"]))
+    if "chat_answers" in b:
+        rows.append([f"base alone ({what}, the prompt as a chat user turn)"] + cells(b["chat_answers"]))
     for core, m in proto["baselines"]["no_loop"].items():
         rows.append([f"no loop, {core} core once (answer-only target)"] + cells(m["answers"]))
     return md_table(["model (answer accuracy)", "in distribution", *(f"{h} hops" for h in proto["ood_hops"])], rows)
@@ -728,7 +745,7 @@ def plot_per_hop(results: dict, path: Path) -> None:
     for ax, (p, proto) in zip(fig.subplots(1, len(protos), squeeze=False)[0], protos.items()):
         hops = proto["train_hops"] + proto["ood_hops"]
         xs = np.arange(len(hops))
-        n_lines = 2 * len(proto["cores"]) + 1
+        n_lines = 2 * len(proto["cores"]) + 1 + ("chat_answers" in proto["baselines"]["base_alone"])
         offsets = iter(np.linspace(-0.15, 0.15, n_lines))  # side by side, so equal rates do not hide each other
 
         def line(rates: dict, label: str, style: str) -> None:
@@ -745,8 +762,10 @@ def plot_per_hop(results: dict, path: Path) -> None:
         for core, m in proto["baselines"]["no_loop"].items():
             line({**m["answers"]["in-distribution"]["by_hops"], **m["answers"]["ood"]["by_hops"]},
                  f"no loop, {core} (answer)", "s--")
-        b = proto["baselines"]["base_alone"]["answers"]
-        line({**b["in-distribution"]["by_hops"], **b["ood"]["by_hops"]}, "base alone (answer)", "^:")
+        b = proto["baselines"]["base_alone"]
+        for key, label in (("answers", "base alone (answer)"), ("chat_answers", "base alone, chat (answer)")):
+            if key in b:
+                line({**b[key]["in-distribution"]["by_hops"], **b[key]["ood"]["by_hops"]}, label, "^:")
         ax.axvline(len(proto["train_hops"]) - 0.5, color="grey", lw=0.8)
         ax.set_xticks(xs, [str(h) for h in hops])
         ax.set_xlabel("hops (left of the line: trained)")
