@@ -92,8 +92,9 @@ GEN_TOKENS = 4  # greedy tokens the base alone may generate before its first wor
 DEFINITIONS = {
     "trace accuracy": "every loop target right and <HALT> at exactly the target loop (see `rlf eval`)",
     "answer accuracy": "the answer token is right: for the loop models the token just before the first <HALT>; for "
-                       f"the base alone the first word of its greedy generation ({GEN_TOKENS} tokens) after the prompt (in the "
-                       "run's template, and as a chat user turn when the tokenizer has a chat template); "
+                       f"the base alone the first word of its greedy generation ({GEN_TOKENS} tokens) after the "
+                       "prompt (in the run's template, and as a chat user turn when the tokenizer has a chat "
+                       "template); "
                        "for the no-loop model its top-1 token after one pass of the core",
     "halt precision": "of the examples that emit <HALT>, the fraction whose first <HALT> is at the target loop",
     "lifeline at 0": "the lifeline gate scaled by 0 at inference (in distribution): trace accuracy, and loop "
