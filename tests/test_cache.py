@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -36,6 +38,7 @@ def test_hit_miss_and_invalidation(tmp_path, tiny_llama, monkeypatch):
         AssertionError("cache hit must not run the base")))
     again = encode_cached(tiny_llama, PROMPTS, tmp_path, progress=False)
     assert again.path == first.path and not calls
+    assert again.build_seconds == first.build_seconds >= 0  # a hit still says what the entry cost to build
     monkeypatch.undo()
     changed = {
         "data": encode_cached(tiny_llama, PROMPTS[:-1] + ["new prompt"], tmp_path, progress=False),
@@ -56,6 +59,7 @@ def test_interrupted_encoding_resumes(tmp_path, tiny_llama, monkeypatch):
         seen.append(len(ids))
         if len(seen) == 3:
             raise KeyboardInterrupt
+        time.sleep(0.3)  # the two finished batches take >= 0.6 s: the resumed build must count them
         return real(self, ids)
 
     monkeypatch.setattr(type(tiny_llama), "encode_ids", flaky)
@@ -65,5 +69,6 @@ def test_interrupted_encoding_resumes(tmp_path, tiny_llama, monkeypatch):
     seen.clear()
     resumed = encode_cached(tiny_llama, PROMPTS, tmp_path, batch_size=8, progress=False)
     assert len(seen) == 3  # 5 batches, 2 done before the interruption
+    assert resumed.build_seconds >= 0.6
     fresh = encode_cached(tiny_llama, PROMPTS, tmp_path / "fresh", batch_size=8, progress=False)
     assert np.array_equal(np.asarray(resumed.hidden), np.asarray(fresh.hidden))

@@ -275,6 +275,7 @@ def test_quick_headline_end_to_end_and_resumes(tmp_path, capsys):
                                zero["loop_agreement"]["rate"],
                                m["stability"]["ood"]["overall"]["forced_trace_acc"]["rate"]])
             assert sum(sum(v["counts"].values()) for v in m["halt_histogram"].values()) == 4 * 6
+            assert m["training"]["encode_cost_seconds"] >= 0  # known for both cores, though the second reuses
         alone = proto["baselines"]["base_alone"]  # the tiny tokenizer has a chat template: both formats measured
         no_loop = [b["answers"] for b in proto["baselines"]["no_loop"].values()]
         for answers in [alone["answers"], alone["chat_answers"], *no_loop]:

@@ -130,6 +130,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights_bit_for_bit(tmp_pat
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["skipped_steps"] == 0
     assert summary["peak_rss_mb"] > 50  # the whole process: torch and the tiny base alone exceed this
+    assert summary["encode_cost_seconds"] >= 0  # the resumed process hit the cache and still knows the cost
 
 
 def test_ctrl_c_during_training_says_how_to_continue(tmp_path, cache_dir, monkeypatch, capsys):

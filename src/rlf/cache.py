@@ -2,7 +2,8 @@
 
 Layout of one entry, ``<cache_dir>/<key>/``:
   hidden.bin   every prompt's hidden states packed back to back at its own length: [total_tokens, d]
-  index.json   n, d, storage dtype, offsets and lengths, and what produced it (base, layers, template)
+  index.json   n, d, storage dtype, offsets and lengths, what produced it (base, layers, template) and the
+               seconds building it took (summed over resumed builds), so a run reusing it can say what it costs
 The key hashes the base fingerprint, ``encoder_layers``, the template, the storage dtype and the exact
 prompt texts, so any change makes a new entry. An entry is built in ``<key>.partial/`` and renamed into
 place when complete; an interrupted build resumes from its last finished batch.
@@ -15,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,7 @@ class EncodedSet:
     lengths: np.ndarray  # (N,)
     storage: str
     path: Path
+    build_seconds: float | None = None  # what building the entry took; None for entries older than the field
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -83,7 +86,8 @@ def _open(path: Path) -> EncodedSet:
     total = int(sum(index["lengths"]))
     hidden = np.memmap(path / "hidden.bin", dtype=np_dtype, mode="r", shape=(total, index["d"]))
     return EncodedSet(
-        hidden, np.asarray(index["offsets"], np.int64), np.asarray(index["lengths"], np.int64), index["storage"], path
+        hidden, np.asarray(index["offsets"], np.int64), np.asarray(index["lengths"], np.int64), index["storage"], path,
+        index.get("build_seconds"),
     )
 
 
@@ -134,7 +138,8 @@ def _build(base: Base, texts: list[str], template: str, storage: str, batch_size
     mode = "r+" if (partial / "hidden.bin").is_file() else "w+"
     hidden = np.memmap(partial / "hidden.bin", dtype=np_dtype, mode=mode, shape=(int(lengths.sum()), d))
     done_file = partial / "done.json"
-    done = json.loads(done_file.read_text())["batches"] if done_file.is_file() else 0
+    progress_so_far = json.loads(done_file.read_text()) if done_file.is_file() else {}
+    done, seconds = progress_so_far.get("batches", 0), progress_so_far.get("seconds", 0.0)
 
     order = np.argsort(-lengths, kind="stable")  # similar lengths share a batch: little padding
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -142,6 +147,7 @@ def _build(base: Base, texts: list[str], template: str, storage: str, batch_size
         log.info("resuming an interrupted encoding at batch %d/%d", done, len(batches))
     bar = tqdm(total=len(texts), initial=min(done * batch_size, len(texts)), unit="prompt", desc="encode",
                disable=not progress, dynamic_ncols=True)
+    t0 = time.perf_counter()
     for b in range(done, len(batches)):
         idx = batches[b]
         h, _ = base.encode_ids([ids[i] for i in idx])  # (B, T, d)
@@ -150,13 +156,14 @@ def _build(base: Base, texts: list[str], template: str, storage: str, batch_size
         for row, i in enumerate(idx):
             hidden[offsets[i] : offsets[i] + lengths[i]] = h[row, : lengths[i]]
         hidden.flush()
-        _write_json(done_file, {"batches": b + 1})
+        _write_json(done_file, {"batches": b + 1, "seconds": seconds + time.perf_counter() - t0})
         bar.update(len(idx))
     bar.close()
     del hidden
     meta = {"base": base.spec, "fingerprint": base.fingerprint, "encoder_layers": base.encoder_layers,
             "template": template, "storage": storage, "n": len(texts), "d": d,
-            "offsets": offsets.tolist(), "lengths": lengths.tolist()}
+            "offsets": offsets.tolist(), "lengths": lengths.tolist(),
+            "build_seconds": round(seconds + time.perf_counter() - t0, 1)}
     _write_json(partial / "index.json", meta)
     done_file.unlink()
     os.replace(partial, final)

@@ -384,6 +384,7 @@ def _training(run_dir: Path, summary: dict, run: LoadedRun) -> dict:
     tokens = mean_prompt_tokens(run.base, read_jsonl(run_dir / "train.jsonl"), run.config.template)
     return {**{k: summary[k] for k in ("steps", "stopped", "train_seconds", "encode_seconds", "examples_per_s",
                                        "val_trace_acc")},
+            "encode_cost_seconds": summary.get("encode_cost_seconds"),  # None: summary or cache older than it
             "mean_prompt_tokens": round(tokens, 2), "tokens_per_s": round(summary["examples_per_s"] * tokens, 1),
             "to_target": steps_to_accuracy(run_dir / "metrics.jsonl")}
 
@@ -624,8 +625,11 @@ def headline_table(proto: dict, protocol: str) -> str:
                 f"{mem['method']}, {where})")
 
     def steps(m):
-        t = m["training"]["to_target"]
-        return "not reached" if t["step"] is None else f"{t['step']} ({_seconds(t['train_seconds'])})"
+        t, enc = m["training"]["to_target"], m["training"].get("encode_cost_seconds")
+        if t["step"] is None:
+            return "not reached"
+        with_encoding = "" if enc is None else f"; {_seconds(t['train_seconds'] + enc)} with encoding from scratch"
+        return f"{t['step']} ({_seconds(t['train_seconds'])}{with_encoding})"
 
     rows = [row(f"in-distribution trace accuracy (hops {hops[0]}-{hops[-1]})", ind("trace_acc")),
             row("halt precision (in distribution)", ind("halt_precision"))]

@@ -356,6 +356,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     train_split = prepare_split(train_ex, base, cfg, str(users.get("train") or run / "train.jsonl"), progress)
     val_split = prepare_split(val_ex, base, cfg, str(users.get("val") or run / "val.jsonl"), progress)
     encode_s = time.perf_counter() - t_encode
+    builds = [train_split.encoded.build_seconds, val_split.encoded.build_seconds]
+    encode_cost = None if None in builds else round(sum(builds), 1)  # what encoding costs without a cache hit
     if not resume:  # last, once the data is known to be usable: config.json is what makes this a run
         _write_atomic(run / "config.json", json.dumps(cfg.to_dict(), indent=2))
 
@@ -438,6 +440,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     final = validate(model, val_split, supervision=cfg.supervision)
     summary = {"run": str(run), "steps": state["step"], "stopped": state["stopped"] or "max_steps",
                "train_seconds": round(state["train_seconds"], 1), "encode_seconds": round(encode_s, 1),
+               "encode_cost_seconds": encode_cost,
                "examples_per_s": round(state["step"] * cfg.batch_size / max(state["train_seconds"], 1e-9), 1),
                "skipped_steps": state["skipped_steps"], **peak_memory_mb(device), **final}
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
