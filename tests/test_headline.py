@@ -11,7 +11,8 @@ from rlf.config import load_config
 from rlf.errors import RLFError
 from rlf.evaluate import evaluate
 from rlf.headline import (ABLATIONS, answer_rates, base_answers, forced_tokens, halt_histogram, parse_ablations,
-                          plan_jobs, run_headline, stability_outcomes, steps_to_accuracy, summarize_stability)
+                          plan_jobs, run_headline, stability_outcomes, steps_cell, steps_to_accuracy,
+                          summarize_stability)
 from rlf.model import RLFModel
 from rlf.tasks import generate
 from rlf.train import Split, load_run, prepare_split, train, validate
@@ -68,6 +69,14 @@ def test_answer_rates_and_steps_to_accuracy(tmp_path):
     assert steps_to_accuracy(path) == {"threshold": 0.99, "step": 100, "train_seconds": 11.0}
     assert steps_to_accuracy(path, 1.01)["step"] is None
     assert steps_to_accuracy(tmp_path / "missing.jsonl")["step"] is None
+
+
+def test_steps_cell_adds_the_encoding_cost_when_the_run_knows_it():
+    def run(step, seconds, enc):
+        return {"training": {"to_target": {"step": step, "train_seconds": seconds}, "encode_cost_seconds": enc}}
+    assert steps_cell(run(1250, 1063.0, 268.5)) == "1250 (1063 s (17.7 min); 1332 s (22.2 min) with encoding from scratch)"
+    assert steps_cell(run(100, 11.0, None)) == "100 (11.0 s)"
+    assert steps_cell(run(None, None, 268.5)) == "not reached"
 
 
 @pytest.fixture(scope="module")

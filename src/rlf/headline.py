@@ -603,6 +603,15 @@ def _seconds(s: float | None) -> str:
     return f"{s:.0f} s ({s / 60:.1f} min)" if s >= 60 else f"{s:.1f} s"
 
 
+def steps_cell(m: dict) -> str:
+    """Steps and training time to the target val accuracy, and that time plus encoding the run's data from scratch."""
+    t, enc = m["training"]["to_target"], m["training"].get("encode_cost_seconds")
+    if t["step"] is None:
+        return "not reached"
+    with_encoding = "" if enc is None else f"; {_seconds(t['train_seconds'] + enc)} with encoding from scratch"
+    return f"{t['step']} ({_seconds(t['train_seconds'])}{with_encoding})"
+
+
 def headline_table(proto: dict, protocol: str) -> str:
     """The side-by-side table of one protocol: one column per core, and the seeds' numbers where SPEC gives them."""
     cores = proto["cores"]
@@ -624,13 +633,6 @@ def headline_table(proto: dict, protocol: str) -> str:
         return (f"{max(mem['peak_mb']):.1f} MB (batch {mem['batch_size']}, up to {mem['loops'][-1]} loops, "
                 f"{mem['method']}, {where})")
 
-    def steps(m):
-        t, enc = m["training"]["to_target"], m["training"].get("encode_cost_seconds")
-        if t["step"] is None:
-            return "not reached"
-        with_encoding = "" if enc is None else f"; {_seconds(t['train_seconds'] + enc)} with encoding from scratch"
-        return f"{t['step']} ({_seconds(t['train_seconds'])}{with_encoding})"
-
     rows = [row(f"in-distribution trace accuracy (hops {hops[0]}-{hops[-1]})", ind("trace_acc")),
             row("halt precision (in distribution)", ind("halt_precision"))]
     rows += [row(f"OOD trace accuracy, {h} hops", ood(h)) for h in proto["ood_hops"]]
@@ -641,7 +643,7 @@ def headline_table(proto: dict, protocol: str) -> str:
         row("memory growth per loop", lambda m: f"{m['memory']['growth_mb_per_loop']:+.4f} MB/loop "
                                                 f"({'flat' if m['memory']['flat'] else 'GROWS'})",
             SEEDS["memory_growth"]),
-        row(f"steps to {100 * TARGET_ACC:.0f}% val trace acc", steps, SEEDS["steps_to_target"]),
+        row(f"steps to {100 * TARGET_ACC:.0f}% val trace acc", steps_cell, SEEDS["steps_to_target"]),
         row("training wall time", lambda m: f"{_seconds(m['training']['train_seconds'])}, "
                                             f"{m['training']['steps']} steps ({m['training']['stopped']})"),
         row("examples/s (training)", lambda m: f"{m['training']['examples_per_s']:.1f}", SEEDS["examples_per_s"]),
