@@ -13,7 +13,7 @@ from rlf.cli import main
 from rlf.config import load_config
 from rlf.errors import RLFError
 from rlf.evaluate import evaluate, evaluate_split, parse_ablations, rate, score, summarize, wilson
-from rlf.tasks import generate
+from rlf.tasks import generate, write_jsonl
 from rlf.train import LoadedRun, prepare_split
 
 from eval_helpers import randomized_model
@@ -117,6 +117,22 @@ def test_scale_one_equals_intact_and_zero_differs(tiny_llama, tiny_split):
     assert res["zero"]["overall"]["loop_agreement"]["rate"] < 1.0  # severing a random gate changes something
 
 
+def test_by_answer_splits_the_examples_by_whether_their_answer_was_trained(tiny_llama, tiny_split):
+    model = randomized_model(tiny_llama)
+    answers = {ex.answer for ex in tiny_split.examples[::2]}
+    res = evaluate_split(model, tiny_split, parse_ablations("zero"), max_loops=6, trained_answers=answers)
+    seen = sum(ex.answer in answers for ex in tiny_split.examples)
+    for cond in ("intact", "zero"):
+        groups, overall = res[cond]["by_answer"], res[cond]["overall"]
+        assert (groups["seen"]["n"], groups["unseen"]["n"]) == (seen, len(tiny_split.examples) - seen)
+        for metric in ("trace_acc", "answer_acc"):
+            assert groups["seen"][metric]["k"] + groups["unseen"][metric]["k"] == overall[metric]["k"]
+    everything = {ex.answer for ex in tiny_split.examples}
+    all_seen = evaluate_split(model, tiny_split, max_loops=6, trained_answers=everything)["intact"]["by_answer"]
+    assert all_seen["seen"] == res["intact"]["overall"] and all_seen["unseen"]["n"] == 0
+    assert "by_answer" not in evaluate_split(model, tiny_split, max_loops=6)["intact"]
+
+
 def test_zero_on_a_model_without_lifeline_changes_nothing(tiny_llama, tiny_split):
     model = randomized_model(tiny_llama, lifeline="none")
     res = evaluate_split(model, tiny_split, parse_ablations("zero,noise,shuffle"), max_loops=6)
@@ -152,6 +168,13 @@ def test_evaluate_writes_json_and_markdown(tiny_llama, tmp_path):
     md = (tmp_path / "eval.md").read_text()
     assert "Wilson" in md and "| zero | all |" in md and "halt precision" in md
     assert (tmp_path / "eval_data" / "ood.jsonl").is_file()
+    assert "by_answer" not in ood["intact"]  # no train.jsonl in the run directory: nothing to compare with
+
+    write_jsonl(generate("chain", 20, [1, 2], 99, tiny_llama.tokenizer), tmp_path / "train.jsonl")
+    res = evaluate(tmp_path, hops="1,2", n=6, ablations="none", run=run, progress=False)
+    groups = res["splits"]["in-distribution"]["conditions"]["intact"]["by_answer"]
+    assert groups["seen"]["n"] + groups["unseen"]["n"] == 12
+    assert "answer word seen as a training answer or not" in (tmp_path / "eval.md").read_text()
 
 
 def test_cli_eval_errors_are_clear(tmp_path, capsys):

@@ -9,7 +9,7 @@ import torch
 from rlf.cli import main
 from rlf.config import load_config
 from rlf.errors import RLFError
-from rlf.evaluate import evaluate
+from rlf.evaluate import evaluate, fmt_rate
 from rlf.headline import (ABLATIONS, answer_rates, base_answers, forced_tokens, halt_histogram, parse_ablations,
                           plan_jobs, run_headline, stability_outcomes, steps_cell, steps_to_accuracy,
                           summarize_stability)
@@ -285,6 +285,9 @@ def test_quick_headline_end_to_end_and_resumes(tmp_path, capsys):
                                m["stability"]["ood"]["overall"]["forced_trace_acc"]["rate"]])
             assert sum(sum(v["counts"].values()) for v in m["halt_histogram"].values()) == 4 * 6
             assert m["training"]["encode_cost_seconds"] >= 0  # known for both cores, though the second reuses
+            unseen = m["eval"]["splits"]["in-distribution"]["conditions"]["intact"]["by_answer"]["unseen"]
+            assert unseen["n"] > 0 and f"| in-distribution trace accuracy, answer word never a training answer | " \
+                   f"{fmt_rate(unseen['trace_acc'])}" in md
         alone = proto["baselines"]["base_alone"]  # the tiny tokenizer has a chat template: both formats measured
         no_loop = [b["answers"] for b in proto["baselines"]["no_loop"].values()]
         for answers in [alone["answers"], alone["chat_answers"], *no_loop]:

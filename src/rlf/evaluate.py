@@ -51,6 +51,7 @@ DEFINITIONS = {
     "mean_halt_p": "mean p(<HALT>) at the target halt loop",
     "per_loop_acc": "at loop i, over examples whose trace reaches loop i, the fraction with the right top-1 token",
     "loop_agreement": "over (example, target loop) pairs, the fraction where the ablated top-1 equals the intact top-1",
+    "by_answer": "seen: the example's answer word is the answer of some training example; unseen: of none",
     "ci95": "Wilson score interval, 95%",
 }
 
@@ -199,10 +200,16 @@ def run_solve(model: RLFModel, split: Split, *, max_loops: int | None = None, ba
 
 def evaluate_split(model: RLFModel, split: Split, ablations: dict[str, dict] | None = None, *,
                    max_loops: int | None = None, batch_size: int = 64, seed: int = 0, name: str = "split",
-                   progress: bool = False) -> dict:
-    """{condition: {"overall": metrics, "by_hops": {hops: metrics}}} for the intact model and each ablation."""
+                   progress: bool = False, trained_answers: set[str] | None = None) -> dict:
+    """{condition: {"overall": metrics, "by_hops": {hops: metrics}}} for the intact model and each ablation.
+
+    With `trained_answers` (the answers of the training set) each condition also has "by_answer": the metrics
+    where the example's answer was a training answer ("seen") and where it never was ("unseen"): whether the
+    model reads out any word or the words it was trained to say.
+    """
     conditions = {"intact": None, **(ablations or {})}
     hops = np.array([ex.hops for ex in split.examples])
+    seen = None if trained_answers is None else np.array([ex.answer in trained_answers for ex in split.examples])
     intact_tokens = None
     result = {}
     for c, (cond, kwargs) in enumerate(conditions.items()):
@@ -212,6 +219,8 @@ def evaluate_split(model: RLFModel, split: Split, ablations: dict[str, dict] | N
         if intact_tokens is None:
             intact_tokens = tokens
         result[cond] = {"overall": summarize(s), "by_hops": {str(h): summarize(s, hops == h) for h in np.unique(hops)}}
+        if seen is not None:
+            result[cond]["by_answer"] = {"seen": summarize(s, seen), "unseen": summarize(s, ~seen)}
     return result
 
 
@@ -229,6 +238,12 @@ def seen_prompts(run_dir: Path) -> set[str]:
     """The prompts of a run's train.jsonl and val.jsonl (held-out sets exclude them)."""
     return {ex.prompt for f in ("train.jsonl", "val.jsonl") if (Path(run_dir) / f).is_file()
             for ex in read_jsonl(Path(run_dir) / f)}
+
+
+def trained_answers(run_dir: Path) -> set[str] | None:
+    """The answers of a run's train.jsonl (None when the run directory has none)."""
+    path = Path(run_dir) / "train.jsonl"
+    return {ex.answer for ex in read_jsonl(path)} if path.is_file() else None
 
 
 def heldout_examples(cfg, tokenizer, hops: list[int], n: int, exclude=(), seed_offset: int = HELDOUT_SEED_OFFSET
@@ -282,6 +297,7 @@ def evaluate(run_dir: str | Path, *, data_files=(), hops: list[int] | str | None
     result = {"run": str(run_dir), "max_loops": max_loops or "2 x (target halt loop)", "seed": seed,
               "ablations": abl,
               "definitions": DEFINITIONS, "splits": {}}
+    answers = trained_answers(run_dir)
     for name, examples in sets.items():
         if write and not any(name == Path(f).stem for f in data_files):
             (run_dir / "eval_data").mkdir(parents=True, exist_ok=True)
@@ -292,7 +308,7 @@ def evaluate(run_dir: str | Path, *, data_files=(), hops: list[int] | str | None
             "n": len(examples), "hops": sorted({ex.hops for ex in examples}),
             "conditions": evaluate_split(run.model, split, abl if ablate_splits is None or name in ablate_splits else {},
                                          max_loops=max_loops, batch_size=batch_size,
-                                         seed=seed, name=name, progress=progress),
+                                         seed=seed, name=name, progress=progress, trained_answers=answers),
         }
     if write:
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
@@ -350,6 +366,11 @@ def render_markdown(result: dict) -> str:
                          fmt_rate(m["halt_precision"]), fmt_rate(m["halt_recall"]), _fmt_p(m["mean_halt_p"])])
         out.append(md_table(["hops", "n", "trace acc", "answer acc", "halt precision", "halt recall",
                              "mean p(HALT)"], rows))
+        if "by_answer" in conds["intact"]:
+            out.append(f"\n### {name}: answer word seen as a training answer or not\n\n")
+            rows = [[group, str(m["n"]), fmt_rate(m["trace_acc"]), fmt_rate(m["answer_acc"])]
+                    for group, m in conds["intact"]["by_answer"].items()]
+            out.append(md_table(["answer word", "n", "trace acc", "answer acc"], rows))
         if len(conds) > 1:
             out.append(f"\n### {name}: ablations at inference\n\n")
             rows = []

@@ -627,6 +627,10 @@ def headline_table(proto: dict, protocol: str) -> str:
     def ind(metric: str, cond: str = "intact"):
         return lambda m: fmt_rate(m["eval"]["splits"]["in-distribution"]["conditions"][cond]["overall"][metric])
 
+    def unseen(m):
+        by_answer = m["eval"]["splits"]["in-distribution"]["conditions"]["intact"].get("by_answer")
+        return fmt_rate(by_answer["unseen"]["trace_acc"]) if by_answer else "n/a (measured before this row existed)"
+
     def mem_peak(m):
         mem = m["memory"]
         where = "fresh process" if mem["fresh_process"] else "in process"
@@ -634,7 +638,8 @@ def headline_table(proto: dict, protocol: str) -> str:
                 f"{mem['method']}, {where})")
 
     rows = [row(f"in-distribution trace accuracy (hops {hops[0]}-{hops[-1]})", ind("trace_acc")),
-            row("halt precision (in distribution)", ind("halt_precision"))]
+            row("halt precision (in distribution)", ind("halt_precision")),
+            row("in-distribution trace accuracy, answer word never a training answer", unseen)]
     rows += [row(f"OOD trace accuracy, {h} hops", ood(h)) for h in proto["ood_hops"]]
     rows += [
         row("lifeline at 0: loop agreement", ind("loop_agreement", "zero"), SEEDS["zero_agreement"]),
