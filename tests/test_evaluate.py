@@ -93,8 +93,9 @@ def test_parse_ablations():
     assert parse_ablations("zero, noise,shuffle,scale=0.5") == {
         "zero": {"gate_scale": 0.0}, "noise": {"prompt_mode": "noise"}, "shuffle": {"prompt_mode": "shuffle"},
         "scale=0.5": {"gate_scale": 0.5}}
+    assert parse_ablations("clamp=3,offset=2") == {"clamp=3": {"loop_clamp": 3}, "offset=2": {"loop_offset": 2}}
     assert parse_ablations("none") == {}
-    for bad in ("sever", "scale=x"):
+    for bad in ("sever", "scale=x", "clamp=x", "offset=-1"):
         with pytest.raises(RLFError, match="--ablate"):
             parse_ablations(bad)
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from rlf.cores import CORES, build_core
+from rlf.errors import RLFError
 from rlf.model import RLFConfig, RLFModel, loop_loss, loop_rope, loop_targets, trainable_parameters
 
 V, D = 300, 128
@@ -123,6 +124,25 @@ def test_learned_loop_position_clamps():
     out = [model.step(x, torch.zeros_like(x), i) for i in (3, 4, 9)]
     assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
     assert not torch.equal(model.step(x, torch.zeros_like(x), 2), out[0])
+
+
+def test_loop_clock_probes_move_only_the_loop_position():
+    rope, none = make(loop_pos="rope"), make(loop_pos="none")  # the same weights: a loop position has none
+    perturb(rope)
+    perturb(none)
+    x, lengths = prompts()
+    # rope at position 0 is the identity, so a clock stopped at 0 is the model without a loop position
+    stopped = rope.solve(x, lengths, 5, min_loops=5, loop_clamp=0)
+    assert torch.equal(stopped["p"], none.solve(x, lengths, 5, min_loops=5)["p"])
+    intact = rope.solve(x, lengths, 5, min_loops=5)
+    assert torch.equal(rope.solve(x, lengths, 5, min_loops=5, loop_clamp=4)["p"], intact["p"])  # never reached
+    shifted = rope.solve(x, lengths, 5, min_loops=5, loop_offset=3)
+    rows = torch.arange(4)
+    first = rope.head(rope.step(x, x, 3)[rows, lengths - 1]).softmax(-1)  # loop 1 at position 3
+    assert torch.allclose(shifted["p_halt"][:, 0], first[:, rope.halt_id], atol=1e-6)
+    assert not torch.allclose(shifted["p"], intact["p"])
+    with pytest.raises(RLFError, match="loop_pos=none"):
+        none.solve(x, lengths, 5, loop_offset=1)
 
 
 def test_absorbing_halt_targets():

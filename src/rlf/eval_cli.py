@@ -23,7 +23,8 @@ def add_eval_parser(sub) -> None:
                         "training hops plus 6,8,10,12,16,24,32 beyond them)")
     p.add_argument("--n", type=int, default=1000, help="generated examples per hop count (default 1000)")
     p.add_argument("--ablate", default=DEFAULT_ABLATIONS,
-                   help=f"comma-separated: zero, noise, shuffle, scale=S, or none (default: {DEFAULT_ABLATIONS})")
+                   help=f"comma-separated: zero, noise, shuffle, scale=S, offset=K, clamp=C (the loop clock), or none "
+                        f"(default: {DEFAULT_ABLATIONS})")
     p.add_argument("--max-loops", type=int, default=None, help="loop limit (default: twice the target halt loop)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="seed of the noise/shuffle ablations")

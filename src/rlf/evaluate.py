@@ -18,7 +18,9 @@ emits it within `max_loops`). Metrics, per example, then counted:
 
 Every rate carries its count and a Wilson 95% interval. Ablations (`--ablate`): `zero` (lifeline gate x 0,
 severed), `scale=S` (gate x S), `noise` (Gaussian noise of matched norm instead of the prompt), `shuffle`
-(prompt positions permuted within each prompt).
+(prompt positions permuted within each prompt); and two probes of the loop clock (the loop position encoding):
+`offset=K` (loop i sees loop position i + K) and `clamp=C` (the loop position stops at C): a model that halts
+by counting loops on that clock halts K loops early under offset=K, and one that counts by content does not.
 """
 
 from __future__ import annotations
@@ -167,8 +169,14 @@ def parse_ablations(text: str | None) -> dict[str, dict]:
                 out[item] = {"gate_scale": float(item.split("=", 1)[1])}
             except ValueError:
                 raise RLFError(f"--ablate {item!r}: the scale must be a number, e.g. scale=0.5") from None
+        elif item.startswith(("clamp=", "offset=")):
+            key, value = item.split("=", 1)
+            if not value.isdigit():
+                raise RLFError(f"--ablate {item!r}: the {key} must be a whole number of loops, e.g. {key}=3")
+            out[item] = {f"loop_{key}": int(value)}
         else:
-            raise RLFError(f"--ablate {item!r}: use zero, noise, shuffle or scale=S (comma-separated)")
+            raise RLFError(f"--ablate {item!r}: use zero, noise, shuffle, scale=S, clamp=C or offset=K "
+                           "(comma-separated)")
     return out
 
 

@@ -186,7 +186,7 @@ class RLFModel(nn.Module):
     def solve(
         self, x_prompt: torch.Tensor, lengths: torch.Tensor, max_loops: int | None = None, *, gate_scale: float = 1.0,
         prompt_mode: str = "intact", generator: torch.Generator | None = None, min_loops: int = 0,
-        return_states: bool = False,
+        return_states: bool = False, loop_offset: int = 0, loop_clamp: int | None = None,
     ) -> dict:
         """Loop until every example has emitted <HALT> (or max_loops); finished examples stop changing.
 
@@ -194,7 +194,11 @@ class RLFModel(nn.Module):
         = the loop index of the first <HALT>, or -1. Memory is O(1) in the loop count: only the current
         state is kept (plus the (B, L) outputs, and (B, L, d) answer states when return_states).
         `min_loops` forces at least that many loops (to check that answers are stable after <HALT>).
+        `loop_offset` and `loop_clamp` (inference probes of the loop clock) make loop i see the loop position
+        min(i + loop_offset, loop_clamp) instead of i: does the model count loops by content or by that clock?
         """
+        if (loop_offset or loop_clamp is not None) and self.cfg.loop_pos == "none":
+            raise RLFError("loop_offset/loop_clamp move the loop position, and this model has none (loop_pos=none)")
         max_loops = max_loops or self.cfg.max_loops
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
         x, answer_pos = self._start(x_prompt, lengths)
@@ -203,7 +207,8 @@ class RLFModel(nn.Module):
         halted_at = torch.full((B,), -1, dtype=torch.long, device=x.device)
         tokens, probs, halt_ps, states = [], [], [], []
         for i in range(max_loops):
-            x_new = self.step(x, source, i, gate_scale)
+            position = i + loop_offset if loop_clamp is None else min(i + loop_offset, loop_clamp)
+            x_new = self.step(x, source, position, gate_scale)
             done = halted_at >= 0
             x = torch.where(done[:, None, None], x, x_new)  # a finished example keeps its state
             h = x[rows, answer_pos]
