@@ -1,6 +1,8 @@
 """`rlf bench headline`: the measurements on hand-built cases, the no-loop option, and `--quick` end to end."""
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,8 +12,8 @@ from rlf.cli import main
 from rlf.config import load_config
 from rlf.errors import RLFError
 from rlf.evaluate import evaluate, fmt_rate
-from rlf.headline import (ABLATIONS, answer_rates, base_answers, forced_tokens, halt_histogram, parse_ablations,
-                          plan_jobs, run_headline, stability_outcomes, steps_cell, steps_to_accuracy,
+from rlf.headline import (ABLATIONS, answer_rates, base_answers, forced_tokens, halt_histogram, measure_clock,
+                          parse_ablations, plan_jobs, run_headline, stability_outcomes, steps_cell, steps_to_accuracy,
                           summarize_stability)
 from rlf.model import RLFModel
 from rlf.tasks import generate
@@ -219,6 +221,11 @@ def test_answer_once_trains_one_loop_and_is_refused_by_eval(tmp_path, tiny_llama
         evaluate(tmp_path / "run", hops="1", n=2, run=load_run(tmp_path / "run", base=tiny_llama), write=False)
 
 
+def test_loop_clock_probe_needs_a_loop_position():
+    run = SimpleNamespace(config=SimpleNamespace(loop_pos="none"))  # nothing else is touched: there is no clock
+    assert measure_clock(run, Path("unused"), [1], 1, progress=False) is None
+
+
 # ----------------------------------------------------------------------------------------------- options
 
 def test_parse_ablations_and_plan():
@@ -247,6 +254,7 @@ def test_parse_ablations_and_plan():
 
 HEADLINE_ROWS = ["in-distribution trace accuracy (hops 1-2)", "halt precision", "OOD trace accuracy, 3 hops",
                  "OOD trace accuracy, 4 hops", "lifeline at 0: loop agreement", "lifeline at 0: trace accuracy",
+                 "loop clock moved 3 loops ahead: in-distribution chains halting early",
                  "peak inference memory", "memory growth per loop", "steps to 99% val trace acc",
                  "training wall time", "examples/s (training)", "tokens/s (training)",
                  "base alone (tiny-llama", "the prompt as a chat user turn)", "no loop, mamba2 core once",
@@ -285,6 +293,8 @@ def test_quick_headline_end_to_end_and_resumes(tmp_path, capsys):
                                m["stability"]["ood"]["overall"]["forced_trace_acc"]["rate"]])
             assert sum(sum(v["counts"].values()) for v in m["halt_histogram"].values()) == 4 * 6
             assert m["training"]["encode_cost_seconds"] >= 0  # known for both cores, though the second reuses
+            clock = m["clock"]  # the loop clock moved ahead, on the same 12 in-distribution chains
+            assert clock["offset"] == 3 and clock["early_halt"]["n"] == clock["trace_acc"]["n"] == 12
             unseen = m["eval"]["splits"]["in-distribution"]["conditions"]["intact"]["by_answer"]["unseen"]
             assert unseen["n"] > 0 and f"| in-distribution trace accuracy, answer word never a training answer | " \
                    f"{fmt_rate(unseen['trace_acc'])}" in md

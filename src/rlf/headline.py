@@ -41,7 +41,7 @@ from rlf.cache import apply_template
 from rlf.config import TrainConfig, load_config
 from rlf.demo import memory_in_fresh_process, train_or_reuse
 from rlf.errors import RLFError
-from rlf.evaluate import eval_sets, evaluate, fmt_rate, md_table, rate, train_hops
+from rlf.evaluate import eval_sets, evaluate, fmt_rate, md_table, rate, run_solve, score, train_hops
 from rlf.model import RLFModel, loop_targets
 from rlf.tasks import Example, parse_hops, read_jsonl
 from rlf.train import LoadedRun, Split, _write_atomic, file_digest, load_run, prepare_split, target_ids_of
@@ -57,6 +57,7 @@ ABLATIONS = ("lifeline=scalar", "lifeline=none", "loop_pos=learned", "loop_pos=n
 NO_LOOP = "supervision=answer_once"
 TOOL_KEYS = ("core", "order", "distractors")  # set by --cores, --protocols and --distractors, not by overrides
 FORCED_FACTOR = 2  # the stability check runs the loop this many times the needed loops
+CLOCK_OFFSET = 3  # the loop-clock probe: loop i sees loop position i + this
 TARGET_ACC = 0.99  # "steps to 99%": the first validation at or above this trace accuracy
 LOGIT_BUDGET = 256 * 2**20  # bytes of (B, L, V + 1) float32 logits one forced-loop batch may hold
 
@@ -104,6 +105,10 @@ DEFINITIONS = {
                     "`forced trace accuracy` = trace right and every later loop <HALT>; `halt absorbing` = of the "
                     "examples that halt, every loop after the first <HALT> is <HALT>; `answer unchanged` = of the "
                     "examples that halt, the last non-<HALT> token of the whole run is the answer read at the halt",
+    "loop clock moved ahead": f"in distribution, loop i given the loop position i + {CLOCK_OFFSET} (`rlf eval "
+                              f"--ablate offset={CLOCK_OFFSET}`): the fraction of chains whose first <HALT> comes "
+                              "before the target loop. A model that halts by counting loops on the loop position "
+                              "halts early; one that halts by what it has read does not",
     "first <HALT> loop": "per hop count, how many examples first emit <HALT> at each loop (1-based); the target "
                          "loop is (number of loop targets) + 1 = hops + 2 for chains",
     "peak memory": "peak inference memory of one `solve` batch at the largest loop count, measured by `rlf bench "
@@ -406,6 +411,22 @@ def measure_main(run: LoadedRun, run_dir: Path, hops: list[int], n: int, progres
     return {"eval": result, "stability": stability, "halt_histogram": histogram, "eval_sets": _sets_digest(sets)}
 
 
+def measure_clock(run: LoadedRun, run_dir: Path, hops: list[int], n: int, progress: bool) -> dict | None:
+    """In distribution, with the loop position moved CLOCK_OFFSET loops ahead: how many chains halt early, and the
+    trace accuracy. None for a model without a loop position (loop_pos=none): it has no clock to move."""
+    if run.config.loop_pos == "none":
+        return None
+    examples = eval_sets(run, run_dir, hops=hops, n=n)["in-distribution"]
+    split = prepare_split(examples, run.base, run.config, "in-distribution", progress)
+    tokens, p_halt = run_solve(run.model, split, ablation={"loop_offset": CLOCK_OFFSET}, progress=progress,
+                               desc=f"loop clock +{CLOCK_OFFSET}")
+    s = score(tokens, p_halt, split.target_ids, run.model.halt_id)
+    k = np.array([len(t) for t in split.target_ids])
+    early = (s["halt_loop"] >= 0) & (s["halt_loop"] < k)
+    return {"offset": CLOCK_OFFSET, "early_halt": rate(early.sum(), len(k)),
+            "trace_acc": rate(s["trace_ok"].sum(), len(k))}
+
+
 def measure_answers(preds_of, sets: dict[str, list[Example]], target_ids: dict[str, list[list[int]]]) -> dict:
     """Answer accuracy per set (overall and per hop) of `preds_of(name) -> (N,) token ids`."""
     out = {}
@@ -468,6 +489,8 @@ def measure_job(job: Job, run_dir: Path, run: LoadedRun, summary: dict, ood: lis
     out = cached(run_dir / "headline_eval.json", key, lambda: measure(run, run_dir, hops + ood, n, progress))
     out["training"] = _training(run_dir, summary, run)
     if job.role == "main":
+        out["clock"] = cached(run_dir / "headline_clock.json", {**key, "hops": hops, "offset": CLOCK_OFFSET},
+                              lambda: measure_clock(run, run_dir, hops, n, progress))
         loops, batch, fresh = settings["memory_loops"], settings["memory_batch"], settings["fresh_memory"]
         out["memory"] = cached(run_dir / "headline_memory.json", {**_stamp(run_dir, job.cfg), "loops": loops,
                                                                   "batch": batch, "fresh_process": fresh},
@@ -631,6 +654,9 @@ def headline_table(proto: dict, protocol: str) -> str:
         by_answer = m["eval"]["splits"]["in-distribution"]["conditions"]["intact"].get("by_answer")
         return fmt_rate(by_answer["unseen"]["trace_acc"]) if by_answer else "n/a (measured before this row existed)"
 
+    def clock(m):
+        return "no loop position" if m["clock"] is None else fmt_rate(m["clock"]["early_halt"])
+
     def mem_peak(m):
         mem = m["memory"]
         where = "fresh process" if mem["fresh_process"] else "in process"
@@ -644,6 +670,7 @@ def headline_table(proto: dict, protocol: str) -> str:
     rows += [
         row("lifeline at 0: loop agreement", ind("loop_agreement", "zero"), SEEDS["zero_agreement"]),
         row("lifeline at 0: trace accuracy", ind("trace_acc", "zero")),
+        row(f"loop clock moved {CLOCK_OFFSET} loops ahead: in-distribution chains halting early", clock),
         row("peak inference memory", mem_peak),
         row("memory growth per loop", lambda m: f"{m['memory']['growth_mb_per_loop']:+.4f} MB/loop "
                                                 f"({'flat' if m['memory']['flat'] else 'GROWS'})",
