@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rlf.cli import main
+from rlf.errors import RLFError
 
 from eval_helpers import all_finite
 
@@ -65,3 +66,19 @@ def test_cli_eval_bench_probe_on_the_demo_run(demo, tmp_path, capsys):
     assert "FSM" in capsys.readouterr().out and (tmp_path / "p" / "trajectory.png").is_file()
     assert main(["eval", str(demo), "--ablate", "sever"]) == 2
     assert "--ablate 'sever'" in capsys.readouterr().err
+
+
+def test_train_or_reuse_reads_a_config_saved_before_a_key_existed(tmp_path, monkeypatch):
+    from rlf.config import load_config
+    from rlf.demo import train_or_reuse
+
+    cfg = load_config("tiny", [])
+    saved = cfg.to_dict()
+    del saved["extra_halt_loops"]  # as written by a version without the key (it is at its default)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "summary.json").write_text(json.dumps({"steps": 7}))
+    monkeypatch.setattr("rlf.demo.train", lambda *a, **k: pytest.fail("a finished run with this config is reused"))
+    assert train_or_reuse(cfg, tmp_path, base=None) == {"steps": 7}
+    with pytest.raises(RLFError, match="another config"):
+        train_or_reuse(load_config("tiny", ["lr=0.1"]), tmp_path, base=None)

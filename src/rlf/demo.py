@@ -21,7 +21,7 @@ import torch
 
 from rlf.base import load_base
 from rlf.bench_memory import render_memory
-from rlf.config import load_config
+from rlf.config import load_config, read_run_config
 from rlf.errors import RLFError
 from rlf.evaluate import DEFAULT_ABLATIONS, evaluate, fmt_rate, md_table, render_markdown
 from rlf.probes import probe_summary, run_probes
@@ -62,8 +62,11 @@ DEMO = {
 
 
 def train_or_reuse(cfg, out: Path, base) -> dict:
-    """Train into `out`; reuse a finished run with the same config, resume an unfinished one."""
-    if (out / "config.json").is_file() and json.loads((out / "config.json").read_text()) != cfg.to_dict():
+    """Train into `out`; reuse a finished run with the same config, resume an unfinished one.
+
+    The saved config is read as a TrainConfig, so a run saved before a config key existed (the key at its default)
+    is the same config."""
+    if (out / "config.json").is_file() and read_run_config(out).to_dict() != cfg.to_dict():
         raise RLFError(f"{out} holds a run with another config; use another --out or remove it")
     if (out / "model.safetensors").is_file() and (out / "summary.json").is_file():
         log.info("reusing the trained run in %s", out)
