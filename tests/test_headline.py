@@ -230,13 +230,18 @@ def test_loop_clock_probe_needs_a_loop_position():
 
 def test_parse_ablations_and_plan():
     assert parse_ablations("on") == list(ABLATIONS) and parse_ablations("off") == []
-    assert parse_ablations("lifeline=none, loop_pos=learned") == ["lifeline=none", "loop_pos=learned"]
-    for bad, msg in (("core=transformer", "key=value"), ("lifeline", "key=value"), ("lifeline=big", "lifeline")):
+    assert parse_ablations("lifeline=none, loop_pos=learned  max_loops=4") == ["lifeline=none",
+                                                                               "loop_pos=learned max_loops=4"]
+    for bad, msg in (("core=transformer", "key=value"), ("lifeline", "key=value"), ("lifeline=big", "lifeline"),
+                     ("loop_pos=learned order=backward", "key=value"), ("loop_pos=learned max_loops=0", "max_loops")):
         with pytest.raises(RLFError, match=msg):
             parse_ablations(bad)
     jobs = plan_jobs("tiny", [], ["forward", "backward"], ["mamba2", "transformer"],
-                     ["lifeline=none", "lifeline=vector"], 2)
+                     ["lifeline=none", "lifeline=vector", "loop_pos=learned max_loops=4"], 2)
     names = [j.name for j in jobs]
+    assert names[-1] == "mamba2-forward-loop_pos-learned+max_loops-4"
+    assert (jobs[-1].cfg.loop_pos, jobs[-1].cfg.max_loops) == ("learned", 4)
+    jobs, names = jobs[:-1], names[:-1]
     assert names[:4] == ["mamba2-forward", "mamba2-forward-noloop", "transformer-forward", "transformer-forward-noloop"]
     assert names[-2:] == ["mamba2-forward-lifeline-none", "mamba2-forward"]  # lifeline=vector is the main run
     back = jobs[4].cfg

@@ -72,7 +72,8 @@ def add_headline_parser(bench_sub) -> None:
     p.add_argument("--cores", default="mamba2,transformer", help="cores side by side (default mamba2,transformer)")
     p.add_argument("--ablations", default="on",
                    help="on (lifeline=scalar,lifeline=none,loop_pos=learned,loop_pos=none,supervision=final), off, "
-                        "or a comma list of key=value variants; trained on the first core and protocol")
+                        "or a comma list of variants, each key=value overrides separated by spaces; trained on the "
+                        "first core and protocol")
     p.add_argument("--n-ood", type=int, default=None,
                    help="held-out chains per hop count, in and out of distribution (default 1000; --quick 6)")
     p.add_argument("--ood-hops", default=None, help="OOD hop counts (default 6,8,10,16,32; --quick 3,4)")

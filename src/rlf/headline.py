@@ -304,24 +304,26 @@ class Job:
 
 
 def parse_ablations(text: str | None) -> list[str]:
-    """`on`/`all` -> every default variant, `off`/`none`/'' -> none, else a comma list of key=value variants."""
+    """`on`/`all` -> every default variant, `off`/`none`/'' -> none, else a comma list of variants, each one or
+    more space-separated key=value config overrides (`loop_pos=learned max_loops=4`)."""
     text = (text or "").strip()
     if text in ("on", "all"):
         return list(ABLATIONS)
     if text in ("", "off", "none"):
         return []
-    items = [t.strip() for t in text.split(",") if t.strip()]
+    items = [" ".join(t.split()) for t in text.split(",") if t.strip()]
     for item in items:
-        key = item.split("=", 1)[0].strip().replace("-", "_")
-        if "=" not in item or key in TOOL_KEYS:
-            raise RLFError(f"--ablations {item!r}: each variant is a config override key=value (not "
-                           f"{', '.join(TOOL_KEYS)}), e.g. {','.join(ABLATIONS)}; or on / off")
-        load_config(None, [item])  # checks the key and the value
+        for override in item.split():
+            key = override.split("=", 1)[0].strip().replace("-", "_")
+            if "=" not in override or key in TOOL_KEYS:
+                raise RLFError(f"--ablations {item!r}: each variant is config overrides key=value (not "
+                               f"{', '.join(TOOL_KEYS)}), e.g. {','.join(ABLATIONS)}; or on / off")
+        load_config(None, item.split())  # checks the keys and the values
     return items
 
 
 def _slug(override: str) -> str:
-    return override.replace("=", "-").replace("/", "_")
+    return override.replace("=", "-").replace("/", "_").replace(" ", "+")
 
 
 def plan_jobs(preset: str, overrides: list[str], protocols: list[str], cores: list[str], ablations: list[str],
@@ -347,7 +349,7 @@ def plan_jobs(preset: str, overrides: list[str], protocols: list[str], cores: li
                      Job(f"{c}-{p}-noloop", config(p, c, [NO_LOOP]), "no_loop", p, c, NO_LOOP)]
     main = jobs[0]
     for variant in ablations:
-        cfg = config(main.protocol, main.core, [variant])
+        cfg = config(main.protocol, main.core, variant.split())
         name = main.name if cfg.to_dict() == main.cfg.to_dict() else f"{main.name}-{_slug(variant)}"
         jobs.append(Job(name, cfg, "ablation", main.protocol, main.core, variant))
     return jobs
