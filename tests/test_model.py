@@ -3,7 +3,7 @@ import torch
 
 from rlf.cores import CORES, build_core
 from rlf.errors import RLFError
-from rlf.model import RLFConfig, RLFModel, loop_loss, loop_rope, loop_targets, trainable_parameters
+from rlf.model import SOLVE_LOOPS, RLFConfig, RLFModel, loop_loss, loop_rope, loop_targets, trainable_parameters
 
 V, D = 300, 128
 
@@ -143,6 +143,15 @@ def test_loop_clock_probes_move_only_the_loop_position():
     assert not torch.allclose(shifted["p"], intact["p"])
     with pytest.raises(RLFError, match="loop_pos=none"):
         none.solve(x, lengths, 5, loop_offset=1)
+
+
+def test_solve_runs_past_a_short_learned_table():
+    model = make(loop_pos="learned", max_loops=2)  # rows for loops 1 and 2; later loops reuse the last
+    with torch.no_grad():
+        model.halt_row.fill_(0.0)
+        model.halt_row[0, 0] = -1e4  # <HALT> never wins: solve runs to its default limit
+    x, lengths = prompts()
+    assert model.solve(x * 0 + torch.eye(D)[0], lengths)["tokens"].shape[1] == SOLVE_LOOPS
 
 
 def test_absorbing_halt_targets():

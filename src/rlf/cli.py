@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("solve", help="print the loop-by-loop trace of a trained run on prompts")
     p.add_argument("run", help="run directory")
     p.add_argument("prompts", nargs="+", help="prompt text(s), without the template")
-    p.add_argument("--max-loops", type=int, default=None)
+    p.add_argument("--max-loops", type=int, default=None, help="loop limit (default 64); every prompt stops at <HALT>")
     p.add_argument("--gate-scale", type=float, default=1.0, help="scale the lifeline gate (0 severs it)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_solve)
@@ -126,9 +126,6 @@ def cmd_solve(args) -> int:
     if args.max_loops is not None and args.max_loops < 1:
         raise RLFError(f"--max-loops {args.max_loops}: must be 1 or more")
     run = load_run(args.run)
-    limit = run.model.cfg.max_loops
-    if args.max_loops and args.max_loops > limit and run.model.cfg.loop_pos == "learned":
-        raise RLFError(f"--max-loops {args.max_loops}: this run learned loop embeddings for {limit} loops at most")
     traces = run.solve(args.prompts, args.max_loops, gate_scale=args.gate_scale)
     if args.json:
         print(json.dumps(traces, indent=2))

@@ -23,6 +23,8 @@ from torch import nn
 from rlf.cores import build_core
 from rlf.errors import RLFError
 
+SOLVE_LOOPS = 64  # the default loop limit of `solve`: enough for 62 hops (62 pointers, the answer, <HALT>)
+
 
 @dataclass
 class RLFConfig:
@@ -31,7 +33,7 @@ class RLFConfig:
     core: Literal["mamba2", "transformer", "mamba1"] = "mamba2"
     lifeline: Literal["vector", "scalar", "none"] = "vector"
     loop_pos: Literal["rope", "learned", "none"] = "rope"
-    max_loops: int = 16  # rows of the `learned` table (clamped beyond) and the default limit of `solve`
+    max_loops: int = 16  # rows of the `learned` table: loop i uses row min(i, max_loops - 1)
     train_head: bool = False  # fine-tune the base LM head and final norm (else frozen; the HALT row always trains)
     scratchpad: int = 0  # K learned memory tokens prepended to the sequence (0 = off)
     bridge_rank: int = 0  # low-rank bridge x + up(down(x)) before the head (0 = off)
@@ -188,7 +190,8 @@ class RLFModel(nn.Module):
         prompt_mode: str = "intact", generator: torch.Generator | None = None, min_loops: int = 0,
         return_states: bool = False, loop_offset: int = 0, loop_clamp: int | None = None,
     ) -> dict:
-        """Loop until every example has emitted <HALT> (or max_loops); finished examples stop changing.
+        """Loop until every example has emitted <HALT> (or max_loops, default SOLVE_LOOPS); finished examples stop
+        changing.
 
         Returns tensors (B, L): `tokens` (top-1 id), `p` (its probability), `p_halt`, and `halted_at` (B,)
         = the loop index of the first <HALT>, or -1. Memory is O(1) in the loop count: only the current
@@ -199,7 +202,7 @@ class RLFModel(nn.Module):
         """
         if (loop_offset or loop_clamp is not None) and self.cfg.loop_pos == "none":
             raise RLFError("loop_offset/loop_clamp move the loop position, and this model has none (loop_pos=none)")
-        max_loops = max_loops or self.cfg.max_loops
+        max_loops = max_loops or SOLVE_LOOPS
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
         x, answer_pos = self._start(x_prompt, lengths)
         B = x.shape[0]
