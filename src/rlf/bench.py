@@ -71,7 +71,8 @@ def add_headline_parser(bench_sub) -> None:
                    help="forward (the seeds': chain order) and/or backward (pointer chasing with distractors)")
     p.add_argument("--cores", default="mamba2,transformer", help="cores side by side (default mamba2,transformer)")
     p.add_argument("--ablations", default="on",
-                   help="on (lifeline=scalar,lifeline=none,loop_pos=learned,loop_pos=none,supervision=final), off, "
+                   help="on (lifeline=scalar,lifeline=none,loop_pos=learned,loop_pos=learned max_loops=4,loop_pos=none,"
+                        "supervision=final), off, "
                         "or a comma list of variants, each key=value overrides separated by spaces; trained on the "
                         "first core and protocol")
     p.add_argument("--n-ood", type=int, default=None,
