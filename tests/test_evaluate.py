@@ -14,7 +14,7 @@ from rlf.config import load_config
 from rlf.errors import RLFError
 from rlf.evaluate import evaluate, evaluate_split, parse_ablations, rate, score, summarize, wilson
 from rlf.tasks import generate, write_jsonl
-from rlf.train import LoadedRun, prepare_split
+from rlf.train import LoadedRun, build_model, prepare_split
 
 from eval_helpers import randomized_model
 
@@ -140,6 +140,14 @@ def test_zero_on_a_model_without_lifeline_changes_nothing(tiny_llama, tiny_split
     for cond in ("zero", "noise", "shuffle"):
         assert res[cond]["overall"]["loop_agreement"]["rate"] == 1.0
         assert res[cond]["overall"]["trace_acc"] == res["intact"]["overall"]["trace_acc"]
+
+
+def test_clock_ablations_are_refused_up_front_without_a_loop_position(tiny_llama, tmp_path, monkeypatch):
+    cfg = load_config("tiny", ["loop_pos=none"])
+    run = LoadedRun(cfg, build_model(cfg, tiny_llama), tiny_llama)
+    monkeypatch.setattr("rlf.evaluate.eval_sets", lambda *a, **k: pytest.fail("refused before any evaluation"))
+    with pytest.raises(RLFError, match="no loop position"):
+        evaluate(tmp_path, hops="1", n=2, ablations="zero,clamp=3", run=run, write=False)
 
 
 def test_shuffle_keeps_the_multiset_of_prompt_vectors(tiny_llama):

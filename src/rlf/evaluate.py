@@ -301,6 +301,9 @@ def evaluate(run_dir: str | Path, *, data_files=(), hops: list[int] | str | None
     if n <= 0:
         raise RLFError(f"--n {n}: must be a positive number of examples per hop count")
     abl = parse_ablations(ablations)
+    clocked = [name for name, kw in abl.items() if {"loop_offset", "loop_clamp"} & set(kw)]
+    if clocked and run.config.loop_pos == "none":  # refused before any evaluation runs, not after the first one
+        raise RLFError(f"--ablate {','.join(clocked)}: {run_dir} has no loop position (loop_pos=none) to move")
     sets = eval_sets(run, run_dir, data_files, hops, n)
     result = {"run": str(run_dir), "max_loops": max_loops or "2 x (target halt loop)", "seed": seed,
               "ablations": abl,

@@ -54,7 +54,7 @@ PROTOCOLS = {  # config overrides of each protocol; backward also gets `distract
 }
 CORES = ("mamba2", "transformer", "mamba1")
 ABLATIONS = ("lifeline=scalar", "lifeline=none", "loop_pos=learned", "loop_pos=learned max_loops=4", "loop_pos=none",
-             "supervision=final")  # max_loops=4: the learned loop position stops at loop 4, so no clock to count on
+             "supervision=final")  # max_loops=4: the learned loop position stops at loop 4: no clock to count on past it
 NO_LOOP = "supervision=answer_once"
 TOOL_KEYS = ("core", "order", "distractors")  # set by --cores, --protocols and --distractors, not by overrides
 FORCED_FACTOR = 2  # the stability check runs the loop this many times the needed loops
