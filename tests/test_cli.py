@@ -131,6 +131,25 @@ def test_an_integer_for_a_float_key_is_the_same_config(tmp_path):
     assert cfg.digest() == load_config(None, ["lora_alpha=16.0", "lr=1.0"]).digest()
 
 
+def test_digest_leaves_out_defaults_and_sees_every_change(monkeypatch):
+    import dataclasses
+
+    import rlf.config
+    from rlf.config import TrainConfig
+
+    cfg = load_config("default", [])
+    assert cfg.digest() != load_config("default", ["lr=1e-3"]).digest()
+    assert cfg.digest() == load_config("default", ["max_steps=5"]).digest()  # how long, not what
+
+    @dataclasses.dataclass
+    class Newer(TrainConfig):  # a later version with one more key
+        new_key: int = 0
+
+    monkeypatch.setitem(rlf.config._HINTS, "new_key", int)
+    assert Newer(**cfg.to_dict()).digest() == cfg.digest()  # at its default: cached measurements stay valid
+    assert Newer(**cfg.to_dict(), new_key=1).digest() != cfg.digest()
+
+
 def test_missing_config_file(capsys, tmp_path):
     fails(capsys, ["train", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")],
           "nope.yaml", "no such file")

@@ -88,8 +88,12 @@ class TrainConfig:
     def digest(self, ignore: tuple[str, ...] = ("max_steps", "device", "val_every", "ckpt_every", "log_every",
                                                 "cache_dir", "max_bad_steps", "early_stop_acc",
                                                 "early_stop_patience")) -> str:
-        """A hash of the settings that change what is trained (not how long, where, or how often it reports)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in ignore}
+        """A hash of the settings that change what is trained (not how long, where, or how often it reports).
+
+        Settings at their default are left out, so a key added in a later version (at its default) leaves the
+        digest of every existing config, and every measurement cached under it, unchanged."""
+        defaults = {f.name: f.default for f in fields(self)}
+        d = {k: v for k, v in self.to_dict().items() if k not in ignore and v != defaults[k]}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
