@@ -33,10 +33,10 @@ def seed_style_step(model, base, opt, examples, tids, template):
         x_prompt, lengths = base.encode(texts)  # the frozen base, every step
     n_loops = loops_needed(tids, extra=1)
     source = x_prompt
-    x, answer_pos = model._start(x_prompt, lengths)
+    x, _ = model._start(x_prompt, lengths)
     all_logits = []
     for i in range(n_loops):
-        x = model.step(x, source, i, answer_pos=answer_pos)
+        x = model.step(x, source, i)
         all_logits.append(model.head(x))  # LM head over every position: (B, T, V + 1)
     loss = 0.0
     for b, t in enumerate(tids):  # Python loop over examples

@@ -71,7 +71,7 @@ def test_mamba2_one_chunk_scan_equals_the_mixer(T):
 
 
 def test_gradients_reach_exactly_the_trainable_parameters():
-    model = make(scratchpad=2, bridge_rank=4, broadcast=True)
+    model = make(scratchpad=2, bridge_rank=4)
     perturb(model)
     x, lengths = prompts()
     loss, _ = loop_loss(model(x, lengths, 4), loop_targets([[1, 2], [3], [4, 5], [6]], V, 4))
@@ -172,9 +172,9 @@ def test_loss_is_mean_cross_entropy_over_supervised_loops():
     assert len(stats["per_loop_acc"]) == 3
 
 
-@pytest.mark.parametrize("core,kw", [(c, {}) for c in CORES] + [("mamba2", {"broadcast": True, "scratchpad": 2})])
-def test_batched_solve_equals_per_example_solve(core, kw):
-    model = make(core, **kw)
+@pytest.mark.parametrize("core", CORES)
+def test_batched_solve_equals_per_example_solve(core):
+    model = make(core)
     perturb(model, seed=5)
     with torch.no_grad():  # make <HALT> fire at different loops for different examples
         model.halt_row.copy_(model.lm_head[:20].mean(0) * 3)
@@ -188,9 +188,8 @@ def test_batched_solve_equals_per_example_solve(core, kw):
         assert one["halted_at"][0] == batched["halted_at"][b]
 
 
-@pytest.mark.parametrize("broadcast", [False, True])
-def test_solve_matches_forward_until_halt_and_freezes_after(broadcast):
-    model = make(broadcast=broadcast)
+def test_solve_matches_forward_until_halt_and_freezes_after():
+    model = make()
     perturb(model)
     x, lengths = prompts()
     out = model.solve(x, lengths, 5, min_loops=5)
@@ -201,20 +200,6 @@ def test_solve_matches_forward_until_halt_and_freezes_after(broadcast):
         end = 5 if h < 0 else h + 1
         assert torch.equal(out["tokens"][b, :end], top[b, :end])
         assert (out["tokens"][b, end:] == model.halt_id).all()
-
-
-def test_broadcast_starts_as_the_plain_loop_and_reaches_back_from_the_answer():
-    plain, model = make(), make(broadcast=True)
-    x, lengths = prompts()
-    assert torch.equal(plain(x, lengths, 3), model(x, lengths, 3))  # same draws, and the projection starts at 0
-    perturb(model), perturb(plain)
-    answer_pos = lengths - 1
-    moved = x.clone()
-    moved[0, answer_pos[0]] += 1.0  # change only the first example's answer position
-    for m, reaches in ((model, True), (plain, False)):
-        a, b = (m.step(v, v, 0, answer_pos=answer_pos) for v in (x, moved))
-        assert torch.equal(a[1:], b[1:])  # other examples untouched
-        assert (not torch.allclose(a[0, 0], b[0, 0])) == reaches  # position 0 sees the answer position's change
 
 
 def test_ablation_sources():

@@ -52,7 +52,6 @@ class TrainConfig:
     loop_layers: int = 0  # the seeds' full recipe: this many base layers above encoder_layers run inside the loop
     lora_rank: int = 8  # ... adapted with LoRA of this rank and alpha (only the adapters train)
     lora_alpha: float = 16.0
-    broadcast: bool = False  # add a learned projection of the answer-position state to every position each loop
     supervision: Literal["per_loop", "final", "answer_once"] = "per_loop"  # answer_once: no loop (a baseline)
     extra_halt_loops: int = 1  # loops past the longest trace in a batch, all <HALT>: teaches halting to stick
     # optimisation

@@ -41,7 +41,6 @@ class RLFConfig:
     loop_layers: int = 0  # base blocks above the encoder run in the loop before the core, with LoRA (0 = off)
     lora_rank: int = 8  # the seeds' rank-8 LoRA
     lora_alpha: float = 16.0
-    broadcast: bool = False  # each loop adds a learned projection of the answer-position state to every position
 
     def __post_init__(self):
         for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
@@ -109,14 +108,11 @@ class RLFModel(nn.Module):
         else:
             self.register_buffer("lm_head", lm_head.detach().float(), persistent=False)
         self.halt_row = nn.Parameter(lm_head.detach().float().mean(0, keepdim=True).clone())  # (1, d)
-        if cfg.loop_layers:  # late, so the other parameters draw the same random numbers with or without it
+        if cfg.loop_layers:  # last, so the other parameters draw the same random numbers with or without it
             n = len(getattr(upper_layers, "layers", ()))
             if n != cfg.loop_layers:
                 raise ValueError(f"loop_layers={cfg.loop_layers} needs that many base layers (upper_layers), got {n}")
             self.looped_layers = with_lora(upper_layers, cfg.lora_rank, cfg.lora_alpha)
-        if cfg.broadcast:
-            self.broadcast = nn.Linear(d, d, bias=False)
-            nn.init.zeros_(self.broadcast.weight)  # starts as the loop without it; built last, as loop_layers
 
     @property
     def halt_id(self) -> int:
@@ -148,11 +144,8 @@ class RLFModel(nn.Module):
             return x_prompt.gather(1, perm[..., None].expand_as(x_prompt))
         raise RLFError(f"prompt_mode={prompt_mode!r}: use intact, noise or shuffle")
 
-    def step(self, x, source, loop_index: int, gate_scale: float = 1.0, answer_pos: torch.Tensor | None = None):
-        """One loop iteration on the full sequence state x (B, T', d); `answer_pos` (B,) is needed with broadcast."""
-        if self.cfg.broadcast:  # the answer position's state (the current pointer) reaches every position of a
-            # causal core, so a statement can be matched against it where it stands, not recalled from the scan state
-            x = x + self.broadcast(x[torch.arange(x.shape[0], device=x.device), answer_pos])[:, None, :]
+    def step(self, x, source, loop_index: int, gate_scale: float = 1.0):
+        """One loop iteration on the full sequence state x (B, T', d)."""
         if self.cfg.lifeline != "none":
             inject = (self.lifeline_gate * gate_scale).to(x.dtype) * source
             if self.cfg.scratchpad:  # the lifeline reaches prompt positions only
@@ -185,7 +178,7 @@ class RLFModel(nn.Module):
         rows = torch.arange(x.shape[0], device=x.device)
         states = []
         for i in range(n_loops):
-            x = self.step(x, source, i, gate_scale, answer_pos)
+            x = self.step(x, source, i, gate_scale)
             states.append(x[rows, answer_pos])  # (B, d)
         h = torch.stack(states, 1)  # (B, L, d)
         logits = self.head(h)
@@ -218,7 +211,7 @@ class RLFModel(nn.Module):
         tokens, probs, halt_ps, states = [], [], [], []
         for i in range(max_loops):
             position = i + loop_offset if loop_clamp is None else min(i + loop_offset, loop_clamp)
-            x_new = self.step(x, source, position, gate_scale, answer_pos)
+            x_new = self.step(x, source, position, gate_scale)
             done = halted_at >= 0
             x = torch.where(done[:, None, None], x, x_new)  # a finished example keeps its state
             h = x[rows, answer_pos]
