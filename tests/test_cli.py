@@ -12,7 +12,7 @@ import torch
 
 from rlf.cli import main
 from rlf.config import load_config
-from rlf.train import train
+from rlf.train import load_run, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -257,6 +257,19 @@ def test_out_on_a_file_is_refused(tmp_path, capsys, cache_dir):
 def test_solve_works_on_the_trained_run(trained_run, capsys):
     assert main(["solve", str(trained_run), "K = moon. P = K. What is P?", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0][0]["loop"] == 1
+
+
+def test_solve_holds_the_loop_clock(trained_run, capsys):
+    prompt = "K = moon. P = K. Z = P. What is Z?"
+    traces = {}
+    for clamp in (None, 0):
+        assert main(["solve", str(trained_run), prompt, "--json", "--max-loops", "6",
+                     *([] if clamp is None else ["--loop-clamp", str(clamp)])]) == 0
+        traces[clamp] = json.loads(capsys.readouterr().out)[0]
+    assert traces[0] == load_run(trained_run).solve([prompt], 6, loop_clamp=0)[0]
+    assert [t["p"] for t in traces[0]][1:] != [t["p"] for t in traces[None]][1:]  # loop 1 is at position 0 either way
+    assert traces[0][0] == traces[None][0]
+    fails(capsys, ["solve", str(trained_run), prompt, "--loop-clamp", "-1"], "--loop-clamp")
 
 
 @pytest.mark.parametrize("prompt", ["", "   \n"])

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompts", nargs="+", help="prompt text(s), without the template")
     p.add_argument("--max-loops", type=int, default=None, help="loop limit (default 64); every prompt stops at <HALT>")
     p.add_argument("--gate-scale", type=float, default=1.0, help="scale the lifeline gate (0 severs it)")
+    p.add_argument("--loop-clamp", type=int, default=None, metavar="C",
+                   help="hold the loop position at loop C (0-based) from then on: on the presets, C=3 runs chains "
+                        "past the trained lengths (README: The loop clock)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_solve)
     return parser
@@ -125,8 +128,10 @@ def cmd_solve(args) -> int:
 
     if args.max_loops is not None and args.max_loops < 1:
         raise RLFError(f"--max-loops {args.max_loops}: must be 1 or more")
+    if args.loop_clamp is not None and args.loop_clamp < 0:
+        raise RLFError(f"--loop-clamp {args.loop_clamp}: must be 0 or more")
     run = load_run(args.run)
-    traces = run.solve(args.prompts, args.max_loops, gate_scale=args.gate_scale)
+    traces = run.solve(args.prompts, args.max_loops, gate_scale=args.gate_scale, loop_clamp=args.loop_clamp)
     if args.json:
         print(json.dumps(traces, indent=2))
         return 0
