@@ -318,3 +318,15 @@ def test_quick_headline_end_to_end_and_resumes(tmp_path, capsys):
                              progress=False)
         assert {p: p.stat().st_mtime_ns for p in out.glob("*/model.safetensors")} == stamps
         assert again["protocols"] == res["protocols"] and again["ablations"] == res["ablations"]
+
+        # an interrupted main measurement resumes from its pieces: without the whole, nothing is evaluated again
+        main_run = out / "mamba2-forward"
+        assert {p.name for p in main_run.glob("headline_eval.*.json")} == {
+            "headline_eval.evaluate.json", "headline_eval.stability-in-distribution.json",
+            "headline_eval.stability-ood.json"}
+        (main_run / "headline_eval.json").unlink()
+        mp.setattr("rlf.headline.evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+        mp.setattr("rlf.headline.forced_tokens", lambda *a, **k: pytest.fail("forced loops run again"))
+        resumed = run_headline(out, protocols=["forward"], ablations="lifeline=none", docs=docs, quick=True,
+                               progress=False)
+        assert resumed["protocols"] == res["protocols"]

@@ -397,20 +397,30 @@ def _training(run_dir: Path, summary: dict, run: LoadedRun) -> dict:
             "to_target": steps_to_accuracy(run_dir / "metrics.jsonl")}
 
 
-def measure_main(run: LoadedRun, run_dir: Path, hops: list[int], n: int, progress: bool) -> dict:
-    """Evaluation (with the lifeline severed in distribution), forced-loop stability and the first-halt histogram."""
-    result = evaluate(run_dir, hops=hops, n=n, ablations="zero", run=run, ablate_splits=["in-distribution"],
-                      write=False, progress=progress)
+def measure_main(run: LoadedRun, run_dir: Path, hops: list[int], n: int, progress: bool, part) -> dict:
+    """Evaluation (with the lifeline severed in distribution), forced-loop stability and the first-halt histogram.
+
+    `part(name, compute)` returns a piece, computing it only if it is not kept: the whole takes hours on CPU for a
+    Transformer with 32-hop chains, and an interrupted measurement resumes after the last piece done.
+    """
+    result = part("evaluate", lambda: evaluate(run_dir, hops=hops, n=n, ablations="zero", run=run,
+                                               ablate_splits=["in-distribution"], write=False, progress=progress))
     sets = eval_sets(run, run_dir, hops=hops, n=n)
-    stability, histogram = {}, {}
-    for name, examples in sets.items():
+
+    def stability_of(name: str, examples: list[Example]) -> dict:
         split = prepare_split(examples, run.base, run.config, name, progress)
         s = stability_outcomes(forced_tokens(run.model, split, progress=progress), split.target_ids,
                                run.model.halt_id)
         ex_hops = np.array([ex.hops for ex in examples])
-        stability[name] = {"overall": summarize_stability(s),
-                           "by_hops": {str(int(h)): summarize_stability(s, ex_hops == h) for h in np.unique(ex_hops)}}
-        histogram.update(halt_histogram(s["first_halt"], s["k"], ex_hops))
+        return {"stability": {"overall": summarize_stability(s), "by_hops": {
+                    str(int(h)): summarize_stability(s, ex_hops == h) for h in np.unique(ex_hops)}},
+                "halt_histogram": halt_histogram(s["first_halt"], s["k"], ex_hops)}
+
+    stability, histogram = {}, {}
+    for name, examples in sets.items():
+        piece = part(f"stability-{name}", lambda: stability_of(name, examples))
+        stability[name] = piece["stability"]
+        histogram.update(piece["halt_histogram"])
     return {"eval": result, "stability": stability, "halt_histogram": histogram, "eval_sets": _sets_digest(sets)}
 
 
@@ -488,8 +498,12 @@ def measure_job(job: Job, run_dir: Path, run: LoadedRun, summary: dict, ood: lis
     if job.role == "ablation":
         return cached(run_dir / f"headline_ablation_{_slug(job.variant)}.json", key,
                       lambda: measure_ablation(run, run_dir, hops + ood, n, progress))
-    measure = measure_main if job.role == "main" else measure_no_loop
-    out = cached(run_dir / "headline_eval.json", key, lambda: measure(run, run_dir, hops + ood, n, progress))
+    def part(name, compute):  # a piece of the main measurement, kept beside the whole under the same key
+        return cached(run_dir / f"headline_eval.{name}.json", key, compute)
+
+    args = (run, run_dir, hops + ood, n, progress)
+    out = cached(run_dir / "headline_eval.json", key,
+                 lambda: measure_main(*args, part) if job.role == "main" else measure_no_loop(*args))
     out["training"] = _training(run_dir, summary, run)
     if job.role == "main":
         out["clock"] = cached(run_dir / "headline_clock.json", {**key, "hops": hops, "offset": CLOCK_OFFSET},
