@@ -498,6 +498,7 @@ def measure_job(job: Job, run_dir: Path, run: LoadedRun, summary: dict, ood: lis
     if job.role == "ablation":
         return cached(run_dir / f"headline_ablation_{_slug(job.variant)}.json", key,
                       lambda: measure_ablation(run, run_dir, hops + ood, n, progress))
+
     def part(name, compute):  # a piece of the main measurement, kept beside the whole under the same key
         return cached(run_dir / f"headline_eval.{name}.json", key, compute)
 
