@@ -114,58 +114,48 @@ CHAT = "{% for m in messages %}<|user|> {{ m['content'] }}\n{% endfor %}<|assist
 
 @pytest.mark.parametrize("chat", [False, True])
 def test_base_answers_are_the_first_word_of_the_full_base_greedy_generation(monkeypatch, tiny_llama, chat):
-    """Generation uses the causal LM's own logits (final norm + LM head of the encoder with every layer), and the
-    answer is the first generated word as a " word" token id, or -1; with `chat` the prompt is a chat user turn."""
-    examples = generate("chain", 3, [1, 2], 3, tiny_llama.tokenizer)
+    """Generation is the causal LM's own greedy continuation (final norm + LM head of the base with every layer,
+    stopping at its end-of-sequence token), and the answer is the first generated word as a " word" token id, or
+    -1; with `chat` the prompt is a chat user turn. Prompts of several token lengths share the call."""
+    examples = generate("chain", 6, [1, 2, 3], 3, tiny_llama.tokenizer)
     template = "{prompt}\nAnswer:"
     tok = tiny_llama.tokenizer
     monkeypatch.setattr(tok, "chat_template", CHAT)
     preds = base_answers(tiny_llama, examples, template, batch_size=2, max_new_tokens=3, chat=chat)
+    lengths = set()
     for ex, pred in zip(examples, preds):
         text = f"<|user|> {ex.prompt}\n<|assistant|>" if chat else template.replace("{prompt}", ex.prompt)
         ids = tok(text, add_special_tokens=not chat)["input_ids"]
+        lengths.add(len(ids))
+        new = []
         with torch.no_grad():
-            for _ in range(3):
-                ids.append(tiny_llama.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax().item())
-        words = tok.decode(ids[-3:]).split()
+            while len(new) < 3 and (not new or new[-1] != tok.eos_token_id):
+                new.append(tiny_llama.model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax().item())
+        words = tok.decode(new, skip_special_tokens=True).split()
         word = words[0].strip(".,;:!?\"'()") if words else ""
         single = tok(" " + word, add_special_tokens=False)["input_ids"] if word else []
         assert pred == (single[0] if len(single) == 1 else -1)
+    assert len(lengths) > 1
 
 
 def test_base_answers_score_the_first_word_not_the_first_token(monkeypatch, tiny_llama):
-    """A base that starts with whitespace before the answer word is credited with the word."""
+    """A base that starts with whitespace before the answer word, and ends its turn right after it, is credited
+    with the word; one that ends its turn at once scores -1."""
     tok = tiny_llama.tokenizer
     moon = tok(" moon", add_special_tokens=False)["input_ids"]
     newline = tok("\n", add_special_tokens=False)["input_ids"]
     assert len(moon) == 1 and len(newline) == 1
-    script = iter([newline[0], tok("moon", add_special_tokens=False)["input_ids"][0], newline[0]])
+    replies = iter([[newline[0], tok("moon", add_special_tokens=False)["input_ids"][0], tok.eos_token_id],
+                    [tok.eos_token_id] * 3])
 
-    class Scripted:  # next-token logits that spell "\nmoon\n"
-        def __init__(self):
-            self.lm_head = torch.eye(tiny_llama.lm_head.shape[0], 4)
-            self.tokenizer = tok
+    def scripted(input_ids, **kw):  # the first call spells "\nmoon<eos>", the second "<eos>" (then padding)
+        assert kw["max_new_tokens"] == 3 and not kw["do_sample"]
+        return torch.cat([input_ids, torch.tensor([next(replies)] * input_ids.shape[0])], 1)
 
-        def tokenize(self, texts):
-            return [[1, 2] for _ in texts]
-
-        def encode_ids(self, ids):
-            return torch.zeros(len(ids), max(map(len, ids)), 4), torch.tensor([len(i) for i in ids])
-
-    fake = Scripted()
-    calls = []
-
-    def linear(h, w):
-        calls.append(1)
-        out = torch.zeros(h.shape[0], w.shape[0])
-        out[:, next(script)] = 1.0
-        return out
-
-    monkeypatch.setattr("rlf.headline.F.linear", linear)
+    monkeypatch.setattr(tiny_llama.model, "generate", scripted)
     examples = generate("chain", 1, [1], 0, tok)
-    assert base_answers(fake, examples, "{prompt}", max_new_tokens=3).tolist() == [moon[0]]
-    assert len(calls) == 3
-
+    assert base_answers(tiny_llama, examples, "{prompt}", max_new_tokens=3).tolist() == [moon[0]]
+    assert base_answers(tiny_llama, examples, "{prompt}", max_new_tokens=3).tolist() == [-1]
 
 # ----------------------------------------------------------------------------------------------- the no-loop option
 

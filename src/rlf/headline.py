@@ -250,32 +250,34 @@ def loop_one_answers(model: RLFModel, split: Split, batch_size: int = 64) -> np.
 
 
 @torch.no_grad()
-def base_answers(base: Base, examples: list[Example], template: str, batch_size: int = 16,
+def base_answers(base: Base, examples: list[Example], template: str, batch_size: int = 32,
                  progress: bool = False, max_new_tokens: int = GEN_TOKENS, chat: bool = False) -> np.ndarray:
     """The frozen base's answer (N,) by greedy generation after each templated prompt (with `chat`: after the prompt
     as a user turn of the tokenizer's chat template, the format an instruct base is tuned on): the first word of the
-    `max_new_tokens` generated tokens, as the id of the token " word" (-1 when that is not one token, or when
-    nothing but whitespace/punctuation was generated). Scoring only the first generated token would measure
-    formatting: SmolLM2 often starts its answer with " " or "\n", or ends its turn. The next token is the final
-    norm and LM head at the last position (with every layer loaded, the base model's own prediction)."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt))
+    `max_new_tokens` generated tokens (special tokens such as the end of turn dropped), as the id of the token
+    " word" (-1 when that is not one token, or when nothing but whitespace/punctuation was generated). Scoring only
+    the first generated token would measure formatting: SmolLM2 often starts its answer with " " or "\n", or ends
+    its turn. Generation is transformers' `generate` (greedy, with its KV cache) on batches of prompts of one token
+    length, so no padding enters any architecture (an SSM base has no attention mask)."""
+    if chat:
+        texts = [base.tokenizer.apply_chat_template([{"role": "user", "content": ex.prompt}],
+                                                    add_generation_prompt=True, tokenize=False) for ex in examples]
+        ids = [base.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    else:
+        ids = base.tokenize([apply_template(template, ex.prompt) for ex in examples])
+    by_length: dict[int, list[int]] = {}
+    for i, x in enumerate(ids):
+        by_length.setdefault(len(x), []).append(i)
+    batches = [group[i : i + batch_size] for _, group in sorted(by_length.items())
+               for i in range(0, len(group), batch_size)]
     preds = np.full(len(examples), -1, dtype=np.int64)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    pad = base.tokenizer.pad_token_id
     for idx in tqdm(batches, desc="base alone", unit="batch", disable=not progress, dynamic_ncols=True, leave=False):
-        if chat:
-            texts = [base.tokenizer.apply_chat_template([{"role": "user", "content": examples[i].prompt}],
-                                                        add_generation_prompt=True, tokenize=False) for i in idx]
-            ids = [base.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        else:
-            ids = base.tokenize([apply_template(template, examples[i].prompt) for i in idx])
-        new = [[] for _ in idx]
-        for _ in range(max_new_tokens):  # no KV cache: a few tokens on short prompts
-            x, lengths = base.encode_ids([p + g for p, g in zip(ids, new)])  # (B, T, d), normed
-            h = x[torch.arange(len(idx)), lengths.to(x.device) - 1]  # (B, d)
-            for g, t in zip(new, F.linear(h, base.lm_head.float()).argmax(-1).tolist()):
-                g.append(t)
-        for i, g in zip(idx, new):
-            words = base.tokenizer.decode(g).split()
+        prompt = torch.tensor([ids[i] for i in idx], device=base.device)  # (B, T): one length, no padding
+        out = base.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
+                                  do_sample=False, pad_token_id=pad)  # stops at the end of turn; pads after it
+        for i, g in zip(idx, out[:, prompt.shape[1]:].tolist()):
+            words = base.tokenizer.decode(g, skip_special_tokens=True).split()
             word = words[0].strip(".,;:!?\"'()") if words else ""
             token = base.tokenizer(" " + word, add_special_tokens=False)["input_ids"] if word else []
             if len(token) == 1:
