@@ -8,7 +8,8 @@ with the same optimizer, in this one run:
   and the loss computed with a Python loop over examples (as in the research scripts);
 - rlf: encodings read from the on-disk cache (built once, timed separately), the head applied only at
   the answer position, one vectorised cross-entropy over (batch, loops), batches bucketed by loop count.
-Prints seconds/step and examples/s for each and the ratio. Not part of the test suite.
+The two alternate step by step, so a change in the machine's load falls on both. Prints seconds/step and
+examples/s for each and the ratio. Not part of the test suite.
 """
 
 import argparse
@@ -70,7 +71,6 @@ def main() -> None:
     ap.add_argument("--encoder-layers", type=int, default=6)
     ap.add_argument("--core", default="mamba2")
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     cfg = load_config("default", [f"base={args.base}", f"encoder_layers={args.encoder_layers}", f"core={args.core}"])
     base = load_base(cfg.base, cfg.encoder_layers)
     n = args.batch * args.steps
@@ -78,24 +78,24 @@ def main() -> None:
     tids = target_ids_of(examples, base.tokenizer, "bench")
     sizes = [len(t) for t in tids]
 
-    results = {}
     with tempfile.TemporaryDirectory() as cache:
         t = time.perf_counter()
         enc = encode_cached(base, [ex.prompt for ex in examples], cache, cfg.template, progress=False)
         encode_s = time.perf_counter() - t
-        for name in ("seed-style", "rlf"):
-            model = build_model(cfg, base)
-            opt = make_optimizer(model, cfg)
-            times = []
-            for step in range(args.steps + 1):  # step 0 warms up
-                idx = batch_order(sizes, args.batch, 0, step % args.steps)
+        models = {name: build_model(cfg, base) for name in ("seed-style", "rlf")}  # same seed: same initial weights
+        opts = {name: make_optimizer(m, cfg) for name, m in models.items()}
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for step in range(args.steps + 1):  # step 0 warms up; the two pipelines alternate, so load drift hits both
+            idx = batch_order(sizes, args.batch, 0, step % args.steps)
+            for name, model in models.items():
                 t = time.perf_counter()
                 if name == "rlf":
-                    rlf_step(model, opt, enc, tids, idx)
+                    rlf_step(model, opts[name], enc, tids, idx)
                 else:
-                    seed_style_step(model, base, opt, [examples[i] for i in idx], [tids[i] for i in idx], cfg.template)
-                times.append(time.perf_counter() - t)
-            results[name] = sum(times[1:]) / args.steps
+                    seed_style_step(model, base, opts[name], [examples[i] for i in idx], [tids[i] for i in idx],
+                                    cfg.template)
+                times[name].append(time.perf_counter() - t)
+    results = {name: sum(t[1:]) / args.steps for name, t in times.items()}
     print(f"base {args.base} (encoder_layers {args.encoder_layers}), core {args.core}, batch {args.batch}, "
           f"{args.steps} steps each, forward chains 1-5 hops, {torch.get_num_threads()} threads")
     print(f"{'pipeline':<12} {'s/step':>8} {'examples/s':>11}")
