@@ -248,7 +248,8 @@ def test_parse_ablations_and_plan():
 # ----------------------------------------------------------------------------------------------- end to end
 
 HEADLINE_ROWS = ["in-distribution trace accuracy (hops 1-2)", "halt precision", "OOD trace accuracy, 3 hops",
-                 "OOD trace accuracy, 4 hops", "lifeline at 0: loop agreement", "lifeline at 0: trace accuracy",
+                 "OOD trace accuracy, 4 hops", "OOD trace accuracy, 4 hops, loop clock held at loop 4 (inference)",
+                 "lifeline at 0: loop agreement", "lifeline at 0: trace accuracy",
                  "loop clock moved 3 loops ahead: in-distribution chains halting early",
                  "peak inference memory", "memory growth per loop", "steps to 99% val trace acc",
                  "training wall time", "examples/s (training)", "tokens/s (training)",
@@ -290,6 +291,10 @@ def test_quick_headline_end_to_end_and_resumes(tmp_path, capsys):
             assert m["training"]["encode_cost_seconds"] >= 0  # known for both cores, though the second reuses
             clock = m["clock"]  # the loop clock moved ahead, on the same 12 in-distribution chains
             assert clock["offset"] == 3 and clock["early_halt"]["n"] == clock["trace_acc"]["n"] == 12
+            held = m["clock_held"]  # the clock held at loop 4, on the same OOD chains
+            assert held["clamp"] == 3 and [held["by_hops"][h]["n"] for h in ("3", "4")] == [6, 6]
+            line = next(x for x in md.splitlines() if "4 hops, loop clock held at loop 4 (inference)" in x)
+            assert f"| {fmt_rate(held['by_hops']['4'])} |" in line
             unseen = m["eval"]["splits"]["in-distribution"]["conditions"]["intact"]["by_answer"]["unseen"]
             assert unseen["n"] > 0 and f"| in-distribution trace accuracy, answer word never a training answer | " \
                    f"{fmt_rate(unseen['trace_acc'])}" in md

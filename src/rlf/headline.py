@@ -59,6 +59,8 @@ NO_LOOP = "supervision=answer_once"
 TOOL_KEYS = ("core", "order", "distractors")  # set by --cores, --protocols and --distractors, not by overrides
 FORCED_FACTOR = 2  # the stability check runs the loop this many times the needed loops
 CLOCK_OFFSET = 3  # the loop-clock probe: loop i sees loop position i + this
+CLOCK_HOLD = 3  # the clock held at inference: every loop after the 4th sees the 4th loop's position (`--ablate
+# clamp=3`). 3 was chosen on 7-, 9- and 12-hop dev chains of the presets (README, "The loop clock"), not on test hops
 TARGET_ACC = 0.99  # "steps to 99%": the first validation at or above this trace accuracy
 LOGIT_BUDGET = 256 * 2**20  # bytes of (B, L, V + 1) float32 logits one forced-loop batch may hold
 
@@ -110,6 +112,10 @@ DEFINITIONS = {
                               f"--ablate offset={CLOCK_OFFSET}`): the fraction of chains whose first <HALT> comes "
                               "before the target loop. A model that halts by counting loops on the loop position "
                               "halts early; one that halts by what it has read does not",
+    "loop clock held": f"out of distribution, every loop after loop {CLOCK_HOLD + 1} given loop {CLOCK_HOLD + 1}'s "
+                       f"loop position at inference (`rlf eval --ablate clamp={CLOCK_HOLD}`, `rlf solve --loop-clamp "
+                       f"{CLOCK_HOLD}`); {CLOCK_HOLD} was chosen on 7-, 9- and 12-hop dev chains, not on these hop "
+                       "counts",
     "first <HALT> loop": "per hop count, how many examples first emit <HALT> at each loop (1-based); the target "
                          "loop is (number of loop targets) + 1 = hops + 2 for chains",
     "peak memory": "peak inference memory of one `solve` batch at the largest loop count, measured by `rlf bench "
@@ -426,20 +432,27 @@ def measure_main(run: LoadedRun, run_dir: Path, hops: list[int], n: int, progres
     return {"eval": result, "stability": stability, "halt_histogram": histogram, "eval_sets": _sets_digest(sets)}
 
 
-def measure_clock(run: LoadedRun, run_dir: Path, hops: list[int], n: int, progress: bool) -> dict | None:
-    """In distribution, with the loop position moved CLOCK_OFFSET loops ahead: how many chains halt early, and the
-    trace accuracy. None for a model without a loop position (loop_pos=none): it has no clock to move."""
+def measure_clock(run: LoadedRun, run_dir: Path, hops: list[int], n: int, progress: bool,
+                  split: str = "in-distribution", ablation: dict | None = None) -> dict | None:
+    """Trace accuracy (overall and per hop) and the fraction of chains halting early, on a held-out split with the loop
+    clock changed at inference: by default moved CLOCK_OFFSET loops ahead in distribution (a model that halts by
+    counting loops halts early), or any `loop_offset`/`loop_clamp` ablation (held at CLOCK_HOLD on the OOD split: the
+    measured way past the trained lengths). None for a model without a loop position (loop_pos=none): it has no clock.
+    """
     if run.config.loop_pos == "none":
         return None
-    examples = eval_sets(run, run_dir, hops=hops, n=n)["in-distribution"]
-    split = prepare_split(examples, run.base, run.config, "in-distribution", progress)
-    tokens, p_halt = run_solve(run.model, split, ablation={"loop_offset": CLOCK_OFFSET}, progress=progress,
-                               desc=f"loop clock +{CLOCK_OFFSET}")
-    s = score(tokens, p_halt, split.target_ids, run.model.halt_id)
-    k = np.array([len(t) for t in split.target_ids])
+    ablation = ablation or {"loop_offset": CLOCK_OFFSET}
+    examples = eval_sets(run, run_dir, hops=hops, n=n)[split]
+    prepared = prepare_split(examples, run.base, run.config, split, progress)
+    tokens, p_halt = run_solve(run.model, prepared, ablation=ablation, progress=progress, desc=f"loop clock, {split}")
+    s = score(tokens, p_halt, prepared.target_ids, run.model.halt_id)
+    k = np.array([len(t) for t in prepared.target_ids])
     early = (s["halt_loop"] >= 0) & (s["halt_loop"] < k)
-    return {"offset": CLOCK_OFFSET, "early_halt": rate(early.sum(), len(k)),
-            "trace_acc": rate(s["trace_ok"].sum(), len(k))}
+    ex_hops = np.array([ex.hops for ex in examples])
+    return {"offset": ablation.get("loop_offset"), "clamp": ablation.get("loop_clamp"),
+            "early_halt": rate(early.sum(), len(k)), "trace_acc": rate(s["trace_ok"].sum(), len(k)),
+            "by_hops": {str(int(h)): rate(s["trace_ok"][ex_hops == h].sum(), int((ex_hops == h).sum()))
+                        for h in np.unique(ex_hops)}}
 
 
 def measure_answers(preds_of, sets: dict[str, list[Example]], target_ids: dict[str, list[list[int]]]) -> dict:
@@ -511,6 +524,9 @@ def measure_job(job: Job, run_dir: Path, run: LoadedRun, summary: dict, ood: lis
     if job.role == "main":
         out["clock"] = cached(run_dir / "headline_clock.json", {**key, "hops": hops, "offset": CLOCK_OFFSET},
                               lambda: measure_clock(run, run_dir, hops, n, progress))
+        out["clock_held"] = cached(run_dir / "headline_clock_held.json", {**key, "hops": ood, "clamp": CLOCK_HOLD},
+                                   lambda: measure_clock(run, run_dir, ood, n, progress, "ood",
+                                                         {"loop_clamp": CLOCK_HOLD}))
         loops, batch, fresh = settings["memory_loops"], settings["memory_batch"], settings["fresh_memory"]
         out["memory"] = cached(run_dir / "headline_memory.json", {**_stamp(run_dir, job.cfg), "loops": loops,
                                                                   "batch": batch, "fresh_process": fresh},
@@ -674,6 +690,10 @@ def headline_table(proto: dict, protocol: str) -> str:
         by_answer = m["eval"]["splits"]["in-distribution"]["conditions"]["intact"].get("by_answer")
         return fmt_rate(by_answer["unseen"]["trace_acc"]) if by_answer else "n/a (measured before this row existed)"
 
+    def held(h: int):
+        return lambda m: ("no loop position" if m["clock_held"] is None
+                          else fmt_rate(m["clock_held"]["by_hops"][str(h)]))
+
     def clock(m):
         return "no loop position" if m["clock"] is None else fmt_rate(m["clock"]["early_halt"])
 
@@ -687,6 +707,8 @@ def headline_table(proto: dict, protocol: str) -> str:
             row("halt precision (in distribution)", ind("halt_precision")),
             row("in-distribution trace accuracy, answer word never a training answer", unseen)]
     rows += [row(f"OOD trace accuracy, {h} hops", ood(h)) for h in proto["ood_hops"]]
+    rows += [row(f"OOD trace accuracy, {h} hops, loop clock held at loop {CLOCK_HOLD + 1} (inference)", held(h))
+             for h in proto["ood_hops"]]
     rows += [
         row("lifeline at 0: loop agreement", ind("loop_agreement", "zero"), SEEDS["zero_agreement"]),
         row("lifeline at 0: trace accuracy", ind("trace_acc", "zero")),
