@@ -826,20 +826,24 @@ def plot_per_hop(results: dict, path: Path) -> None:
     for ax, (p, proto) in zip(fig.subplots(1, len(protos), squeeze=False)[0], protos.items()):
         hops = proto["train_hops"] + proto["ood_hops"]
         xs = np.arange(len(hops))
-        n_lines = 2 * len(proto["cores"]) + 1 + ("chat_answers" in proto["baselines"]["base_alone"])
+        held = {core: m["clock_held"]["by_hops"] for core, m in proto["cores"].items() if m.get("clock_held")}
+        n_lines = 2 * len(proto["cores"]) + len(held) + 1 + ("chat_answers" in proto["baselines"]["base_alone"])
         offsets = iter(np.linspace(-0.15, 0.15, n_lines))  # side by side, so equal rates do not hide each other
 
-        def line(rates: dict, label: str, style: str) -> None:
-            r = [rates[str(h)] for h in hops]
+        def line(rates: dict, label: str, style: str) -> None:  # at the hop counts `rates` has
+            at = [i for i, h in enumerate(hops) if str(h) in rates]
+            r = [rates[str(hops[i])] for i in at]
             y = np.array([100 * (v["rate"] or 0.0) for v in r])
             err = np.array([[y[i] - 100 * v["ci95"][0], 100 * v["ci95"][1] - y[i]] for i, v in enumerate(r)]).T
             err = err.clip(min=0)  # rounding can put an end of the interval a hair past the rate
-            ax.errorbar(xs + next(offsets), y, yerr=err, fmt=style, capsize=3, label=label)
+            ax.errorbar(xs[at] + next(offsets), y, yerr=err, fmt=style, capsize=3, label=label)
 
         for core, m in proto["cores"].items():
             sp = m["eval"]["splits"]
             line({h: v["trace_acc"] for s in ("in-distribution", "ood")
                   for h, v in sp[s]["conditions"]["intact"]["by_hops"].items()}, f"{core} (trace)", "o-")
+        for core, rates in held.items():
+            line(rates, f"{core}, clock held at loop {CLOCK_HOLD + 1} (trace)", "D-.")
         for core, m in proto["baselines"]["no_loop"].items():
             line({**m["answers"]["in-distribution"]["by_hops"], **m["answers"]["ood"]["by_hops"]},
                  f"no loop, {core} (answer)", "s--")
