@@ -611,7 +611,7 @@ def run_headline(out: str | Path | None = None, *, protocols=("forward", "backwa
         job.measures = measure_job(job, out / job.name, load_run(out / job.name, base=base), summaries[job.name],
                                    ood, n, settings, progress)
 
-    results = {"command": headline_command(settings), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    results = {"command": headline_command(settings), "date": None,  # set when every measurement is done
                **machine_info(next(iter(bases.values())).device), "settings": settings, "protocols": {},
                "ablations": None, "definitions": DEFINITIONS, "seeds": SEEDS}
     for p in protocols:
@@ -645,6 +645,7 @@ def run_headline(out: str | Path | None = None, *, protocols=("forward", "backwa
         rows.update({j.variant: {"run": str(out / j.name), **j.measures} for j in abl})
         results["ablations"] = {"protocol": main.protocol, "core": main.core, "rows": rows}
 
+    results["date"] = datetime.datetime.now().isoformat(timespec="seconds")
     _write_atomic(out / "headline.json", json.dumps(results, indent=2))
     docs.parent.mkdir(parents=True, exist_ok=True)
     plot = docs.with_name(docs.stem.replace("RESULTS", "results") + "_per_hop.png")
