@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlf.base import Base, load_base
@@ -448,11 +447,9 @@ def measure_clock(run: LoadedRun, run_dir: Path, hops: list[int], n: int, progre
     s = score(tokens, p_halt, prepared.target_ids, run.model.halt_id)
     k = np.array([len(t) for t in prepared.target_ids])
     early = (s["halt_loop"] >= 0) & (s["halt_loop"] < k)
-    ex_hops = np.array([ex.hops for ex in examples])
+    trace = answer_rates(s["trace_ok"], np.array([ex.hops for ex in examples]))
     return {"offset": ablation.get("loop_offset"), "clamp": ablation.get("loop_clamp"),
-            "early_halt": rate(early.sum(), len(k)), "trace_acc": rate(s["trace_ok"].sum(), len(k)),
-            "by_hops": {str(int(h)): rate(s["trace_ok"][ex_hops == h].sum(), int((ex_hops == h).sum()))
-                        for h in np.unique(ex_hops)}}
+            "early_halt": rate(early.sum(), len(k)), "trace_acc": trace["overall"], "by_hops": trace["by_hops"]}
 
 
 def measure_answers(preds_of, sets: dict[str, list[Example]], target_ids: dict[str, list[list[int]]]) -> dict:
@@ -827,7 +824,7 @@ def plot_per_hop(results: dict, path: Path) -> None:
     for ax, (p, proto) in zip(fig.subplots(1, len(protos), squeeze=False)[0], protos.items()):
         hops = proto["train_hops"] + proto["ood_hops"]
         xs = np.arange(len(hops))
-        held = {core: m["clock_held"]["by_hops"] for core, m in proto["cores"].items() if m.get("clock_held")}
+        held = {core: m["clock_held"]["by_hops"] for core, m in proto["cores"].items() if m["clock_held"]}
         n_lines = 2 * len(proto["cores"]) + len(held) + 1 + ("chat_answers" in proto["baselines"]["base_alone"])
         offsets = iter(np.linspace(-0.15, 0.15, n_lines))  # side by side, so equal rates do not hide each other
 
