@@ -70,7 +70,7 @@ def test_cli_eval_bench_probe_on_the_demo_run(demo, tmp_path, capsys):
 
 def test_train_or_reuse_reads_a_config_saved_before_a_key_existed(tmp_path, monkeypatch):
     from rlf.config import load_config
-    from rlf.demo import train_or_reuse
+    from rlf.train import train_or_reuse
 
     cfg = load_config("tiny", [])
     saved = cfg.to_dict()
@@ -78,7 +78,7 @@ def test_train_or_reuse_reads_a_config_saved_before_a_key_existed(tmp_path, monk
     (tmp_path / "config.json").write_text(json.dumps(saved))
     (tmp_path / "model.safetensors").write_bytes(b"")
     (tmp_path / "summary.json").write_text(json.dumps({"steps": 7}))
-    monkeypatch.setattr("rlf.demo.train", lambda *a, **k: pytest.fail("a finished run with this config is reused"))
+    monkeypatch.setattr("rlf.train.train", lambda *a, **k: pytest.fail("a finished run with this config is reused"))
     assert train_or_reuse(cfg, tmp_path, base=None) == {"steps": 7}
     with pytest.raises(RLFError, match="another config"):
         train_or_reuse(load_config("tiny", ["lr=0.1"]), tmp_path, base=None)

@@ -50,6 +50,25 @@ def test_core_starts_as_zero_update_and_is_causal(core):
     assert torch.allclose(c(x2)[:, :8], y[:, :8], atol=1e-5)
 
 
+@pytest.mark.parametrize("core", CORES)
+def test_narrow_core_starts_at_zero_is_causal_and_every_weight_learns(core):
+    """core_dim=k: d -> k -> core -> k -> d. The update starts at zero, yet the first step moves the inner core's
+    output projection (two zero-initialised maps in series would never train)."""
+    x, _ = prompts()
+    c = build_core(core, D, core_dim=64)
+    assert c.down.out_features == 64 and c(x).abs().max() == 0
+    c(x).sum().backward()
+    assert c.up.weight.grad.abs().max() == 0  # no signal through a zero update yet ...
+    moved = [n for n, p in c.inner.named_parameters() if p.grad is not None and p.grad.abs().max() > 0]
+    assert moved and all("out_proj" in n for n in moved)  # ... except into the inner output projection
+    perturb(c)
+    x2 = x.clone()
+    x2[:, 8:] = torch.randn_like(x2[:, 8:])
+    assert torch.allclose(c(x2)[:, :8], c(x)[:, :8], atol=1e-5)
+    with pytest.raises(RLFError, match="core_dim=256"):
+        build_core(core, D, core_dim=256)
+
+
 @pytest.mark.parametrize("T", [1, 7, 40])
 def test_mamba2_one_chunk_scan_equals_the_mixer(T):
     """The CPU path (one chunk over the prompt) computes what transformers' Mamba2Mixer computes, gradients too."""

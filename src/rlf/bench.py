@@ -16,6 +16,7 @@ from rlf.errors import RLFError
 BENCH_PARSERS = [
     "rlf.bench:add_memory_parser",  # rlf bench memory RUN
     "rlf.bench:add_headline_parser",  # rlf bench headline
+    "rlf.bench:add_sweep_parser",  # rlf bench sweep SWEEP.yaml
 ]
 
 
@@ -96,4 +97,21 @@ def cmd_headline(args: argparse.Namespace) -> int:
                        n=args.n_ood, ood_hops=args.ood_hops, preset=args.preset, overrides=args.overrides,
                        distractors=args.distractors, docs=args.docs, quick=args.quick)
     print(f"results: {res['settings']['out']}/headline.json\nreport: {res['docs']}\nplot: {res['plot']}")
+    return 0
+
+
+def add_sweep_parser(bench_sub) -> None:
+    """`rlf bench sweep SWEEP.yaml`: train and measure each variant of a recipe into a committed experiment log."""
+    p = bench_sub.add_parser("sweep", help="an experiment log: train each variant, measure on dev hop counts, "
+                                           "write the JSON log and its Markdown table")
+    p.add_argument("sweep", help="the sweep file (YAML: preset, overrides, dev_hops, n_dev, variants)")
+    p.add_argument("--only", default=None, help="comma list of variant names to run (default: all not yet logged)")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rlf.sweep import read_sweep, run_sweep
+
+    run_sweep(args.sweep, only=[s.strip() for s in args.only.split(",")] if args.only else None)
+    print(f"log: {read_sweep(args.sweep)['docs']}")
     return 0

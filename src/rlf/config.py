@@ -41,13 +41,14 @@ class TrainConfig:
     train_file: str | None = None
     val_file: str | None = None
     # model (see rlf.model.RLFConfig)
-    core: Literal["mamba2", "transformer", "mamba1"] = "mamba2"
+    core: Literal["mamba2", "transformer", "mamba1", "llama"] = "mamba2"
     lifeline: Literal["vector", "scalar", "none"] = "vector"
     loop_pos: Literal["rope", "learned", "none"] = "rope"
     max_loops: int = 16
     train_head: bool = False
     scratchpad: int = 0
     bridge_rank: int = 0
+    core_dim: int = 0  # the core's width: 0 = the base's; k < d loops a k-wide core between d->k and k->d maps
     chunk_size: int = 64
     loop_layers: int = 0  # the seeds' full recipe: this many base layers above encoder_layers run inside the loop
     lora_rank: int = 8  # ... adapted with LoRA of this rank and alpha (only the adapters train)
@@ -71,6 +72,10 @@ class TrainConfig:
     ckpt_every: int = 100
     log_every: int = 10
     max_bad_steps: int = 20  # consecutive non-finite losses/gradients before the run stops
+    # phases: [{name, steps, overrides: {key: value}}, ...] trained in order, each with its own warmup + cosine
+    # schedule over its steps and the optimizer state carried on; the last phase runs to max_steps (its `steps`
+    # may be left out). Overrides change data, supervision and optimisation, never the model's shape.
+    phases: list | None = None
 
     def __post_init__(self):
         for f in fields(self):
@@ -78,6 +83,8 @@ class TrainConfig:
             _check_value(f.name, getattr(self, f.name), "config")
             if float in typing.get_args(_HINTS[f.name]) + (_HINTS[f.name],) and type(getattr(self, f.name)) is int:
                 setattr(self, f.name, float(getattr(self, f.name)))  # `lr: 1` and `lr: 1.0` are one config
+        if self.phases is not None:
+            self.phases = check_phases(self.phases, self.max_steps)
         if self.loop_layers and self.encoder_layers is None:
             raise RLFError(f"config: loop_layers={self.loop_layers} needs encoder_layers set (the bottom layers, "
                            "encoded once and cached; the loop runs the next loop_layers), e.g. encoder_layers=6")
@@ -98,6 +105,60 @@ class TrainConfig:
 
 
 _HINTS = typing.get_type_hints(TrainConfig)
+
+# what a phase may change: the data, the supervision and the optimisation, never a parameter's shape or the encoder
+PHASE_KEYS = ("task", "order", "distractors", "name_pool", "value_pool", "hops", "n_train", "data_seed", "train_file",
+              "supervision", "extra_halt_loops", "lr", "weight_decay", "warmup_steps", "grad_clip", "batch_size")
+
+
+def check_phases(phases: list, max_steps: int) -> list[dict]:
+    """Normalise a phase list to [{name, steps, overrides: {key: typed value}}]; refuse what is wrong, naming the phase
+    and key. The last phase's steps default to what is left of max_steps (left out, it follows a later max_steps: a
+    finished run can be extended); the steps must add up to max_steps."""
+    if not phases:
+        raise RLFError("config: phases must list at least one phase (or be null)")
+    out, names, total = [], set(), 0
+    for i, ph in enumerate(phases):
+        where = f"config: phases[{i}]"
+        if not isinstance(ph, dict) or not isinstance(ph.get("name"), str) or not ph["name"].strip():
+            raise RLFError(f"{where}: each phase is a mapping with a `name` (and `steps`, `overrides`)")
+        name = ph["name"]
+        where = f"config: phase {name!r}"
+        if set(ph) - {"name", "steps", "overrides"}:
+            raise RLFError(f"{where}: unknown keys {sorted(set(ph) - {'name', 'steps', 'overrides'})}; "
+                           "a phase has name, steps, overrides")
+        if name in names or not name.replace("-", "").replace("_", "").isalnum():
+            raise RLFError(f"{where}: " + ("duplicate phase name" if name in names else
+                                           "a name is letters, digits, - and _ (it names the phase's data file)"))
+        names.add(name)
+        last = i == len(phases) - 1
+        steps = ph.get("steps", max_steps - total if last else None)
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+            raise RLFError(f"{where}: steps={steps!r}: must be a positive number of steps"
+                           + (" (the last phase runs to max_steps, which leaves none)" if last else ""))
+        total += steps
+        if last and total != max_steps:
+            raise RLFError(f"config: the phases' steps add up to {total}, max_steps is {max_steps}: "
+                           "leave out the last phase's steps, or make them match")
+        raw = ph.get("overrides") or {}
+        if isinstance(raw, list):  # ["key=value", ...] as on the command line
+            if not all(isinstance(item, str) and "=" in item for item in raw):
+                raise RLFError(f"{where}: overrides must be a mapping or a list of key=value strings")
+            raw = dict(item.split("=", 1) for item in raw)
+        if not isinstance(raw, dict):
+            raise RLFError(f"{where}: overrides must be a mapping of config keys")
+        overrides = {}
+        for k, v in raw.items():
+            if k not in PHASE_KEYS:
+                raise RLFError(f"{where}: key {k!r} cannot change between phases; a phase may set "
+                               f"{', '.join(PHASE_KEYS)}")
+            if isinstance(v, str) and str not in (typing.get_args(_HINTS[k]) or (_HINTS[k],)):
+                v = _parse_value(k, v)
+            _check_type(k, v, None, where)
+            _check_value(k, v, where)
+            overrides[k] = float(v) if float in (typing.get_args(_HINTS[k]) or (_HINTS[k],)) and type(v) is int else v
+        out.append({"name": name, **({"steps": steps} if "steps" in ph else {}), "overrides": overrides})
+    return out
 
 
 def _check_type(name: str, value, declared, where: str) -> None:
@@ -120,8 +181,8 @@ def _check_type(name: str, value, declared, where: str) -> None:
 
 _POSITIVE = ("n_train", "n_val", "batch_size", "max_steps", "val_every", "ckpt_every", "log_every", "max_loops",
              "chunk_size", "max_bad_steps", "encoder_layers", "lr", "grad_clip", "lora_rank", "lora_alpha")
-_NON_NEGATIVE = ("distractors", "scratchpad", "bridge_rank", "loop_layers", "warmup_steps", "extra_halt_loops",
-                 "early_stop_patience", "weight_decay")
+_NON_NEGATIVE = ("core_dim", "distractors", "scratchpad", "bridge_rank", "loop_layers", "warmup_steps",
+                 "extra_halt_loops", "early_stop_patience", "weight_decay")
 
 
 def _check_value(name: str, value, where: str) -> None:
@@ -150,6 +211,11 @@ def _parse_value(name: str, text: str):
     args = typing.get_args(_HINTS[name]) or (_HINTS[name],)
     if type(None) in args and text.strip().lower() in ("null", "none"):
         return None
+    if list in args:  # phases=[{name: warm, steps: 200, overrides: {hops: "1"}}, {name: main}]
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise RLFError(f"{name}={text!r}: not a YAML list ({e})") from None
     for kind in (bool, int, float):
         if kind in args:
             if kind is bool:

@@ -25,7 +25,7 @@ from rlf.config import load_config, read_run_config
 from rlf.errors import RLFError
 from rlf.evaluate import DEFAULT_ABLATIONS, evaluate, fmt_rate, md_table, render_markdown
 from rlf.probes import probe_summary, run_probes
-from rlf.train import latest_checkpoint, load_run, train
+from rlf.train import load_run, train_or_reuse
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +59,6 @@ DEMO = {
         "out": "runs/demo-quick",
     },
 }
-
-
-def train_or_reuse(cfg, out: Path, base) -> dict:
-    """Train into `out`; reuse a finished run with the same config, resume an unfinished one.
-
-    The saved config is read as a TrainConfig, so a run saved before a config key existed (the key at its default)
-    is the same config."""
-    if (out / "config.json").is_file() and read_run_config(out).to_dict() != cfg.to_dict():
-        raise RLFError(f"{out} holds a run with another config; use another --out or remove it")
-    if (out / "model.safetensors").is_file() and (out / "summary.json").is_file():
-        log.info("reusing the trained run in %s", out)
-        return json.loads((out / "summary.json").read_text())
-    if (out / "config.json").is_file() and latest_checkpoint(out) is None:
-        raise RLFError(f"{out} holds a run that stopped before its first checkpoint; remove it or use another --out")
-    return train(cfg, out, resume=(out / "config.json").is_file(), base=base)
 
 
 def memory_in_fresh_process(out: Path, loops, batch_size: int, device: str) -> dict:

@@ -38,12 +38,13 @@ from rlf.base import Base, load_base
 from rlf.bench_memory import bench_memory
 from rlf.cache import apply_template
 from rlf.config import TrainConfig, load_config
-from rlf.demo import memory_in_fresh_process, train_or_reuse
+from rlf.demo import memory_in_fresh_process
 from rlf.errors import RLFError
 from rlf.evaluate import eval_sets, evaluate, fmt_rate, md_table, rate, run_solve, score, train_hops
 from rlf.model import RLFModel, loop_targets
 from rlf.tasks import Example, parse_hops, read_jsonl
-from rlf.train import LoadedRun, Split, _write_atomic, file_digest, load_run, prepare_split, target_ids_of
+from rlf.train import (LoadedRun, Split, _write_atomic, file_digest, load_run, prepare_split, target_ids_of,
+                       train_or_reuse)
 
 log = logging.getLogger(__name__)
 

@@ -30,21 +30,22 @@ SOLVE_LOOPS = 64  # the default loop limit of `solve`: enough for 62 hops (62 po
 class RLFConfig:
     d_model: int
     vocab_size: int  # the base vocabulary; the <HALT> id is vocab_size
-    core: Literal["mamba2", "transformer", "mamba1"] = "mamba2"
+    core: Literal["mamba2", "transformer", "mamba1", "llama"] = "mamba2"
     lifeline: Literal["vector", "scalar", "none"] = "vector"
     loop_pos: Literal["rope", "learned", "none"] = "rope"
     max_loops: int = 16  # rows of the `learned` table: loop i uses row min(i, max_loops - 1)
     train_head: bool = False  # fine-tune the base LM head and final norm (else frozen; the HALT row always trains)
     scratchpad: int = 0  # K learned memory tokens prepended to the sequence (0 = off)
     bridge_rank: int = 0  # low-rank bridge x + up(down(x)) before the head (0 = off)
+    core_dim: int = 0  # the core's width k: down-project d -> k, loop the core in k, up-project (0 = d)
     chunk_size: int = 64  # Mamba2 scan chunk: ~ the prompt length on CPU, where the scan pads to whole chunks
     loop_layers: int = 0  # base blocks above the encoder run in the loop before the core, with LoRA (0 = off)
     lora_rank: int = 8  # the seeds' rank-8 LoRA
     lora_alpha: float = 16.0
 
     def __post_init__(self):
-        for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
-                            ("loop_pos", ("rope", "learned", "none"))):
+        for name, valid in (("core", ("mamba2", "transformer", "mamba1", "llama")),
+                            ("lifeline", ("vector", "scalar", "none")), ("loop_pos", ("rope", "learned", "none"))):
             if getattr(self, name) not in valid:
                 raise RLFError(f"model.{name}={getattr(self, name)!r}: use one of {', '.join(valid)}")
 
@@ -96,7 +97,7 @@ class RLFModel(nn.Module):
             self.loop_embedding = nn.Parameter(torch.randn(cfg.max_loops, d) * 0.02)
         if cfg.scratchpad:
             self.scratchpad = nn.Parameter(torch.randn(cfg.scratchpad, d) * 0.02)
-        self.core = build_core(cfg.core, d, chunk_size=cfg.chunk_size)
+        self.core = build_core(cfg.core, d, chunk_size=cfg.chunk_size, core_dim=cfg.core_dim)
         self.loop_norm = nn.RMSNorm(d, eps=1e-5)
         if cfg.bridge_rank:
             self.bridge_down = nn.Linear(d, cfg.bridge_rank, bias=False)

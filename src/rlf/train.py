@@ -110,8 +110,8 @@ def build_model(cfg: TrainConfig, base: Base) -> RLFModel:
     mcfg = RLFConfig(
         d_model=base.hidden_size, vocab_size=base.lm_head.shape[0], core=cfg.core, lifeline=cfg.lifeline,
         loop_pos=cfg.loop_pos, max_loops=cfg.max_loops, train_head=cfg.train_head, scratchpad=cfg.scratchpad,
-        bridge_rank=cfg.bridge_rank, chunk_size=cfg.chunk_size, loop_layers=cfg.loop_layers, lora_rank=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
+        bridge_rank=cfg.bridge_rank, core_dim=cfg.core_dim, chunk_size=cfg.chunk_size, loop_layers=cfg.loop_layers,
+        lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
     )
     have = len(base.upper_layers.layers) if base.upper_layers is not None else 0
     if cfg.loop_layers and have != cfg.loop_layers:
@@ -140,6 +140,38 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+@dataclass
+class Phase:
+    """A span of training steps [start, end) and the config it trains with (the run's, with the phase's overrides,
+    `max_steps` = the phase's length: its warmup and cosine schedule run over the phase)."""
+
+    name: str
+    start: int
+    end: int
+    cfg: TrainConfig
+    own_data: bool  # the phase trains on data of its own (train.<name>.jsonl), not the run's train.jsonl
+
+
+DATA_KEYS = ("task", "order", "distractors", "name_pool", "value_pool", "hops", "n_train", "data_seed", "train_file")
+
+
+def phase_plan(cfg: TrainConfig) -> list[Phase]:
+    """The run's phases in order; a run without `phases` is one phase, `main`, of max_steps."""
+    if not cfg.phases:
+        return [Phase("main", 0, cfg.max_steps, cfg, False)]
+    plan, start = [], 0
+    for ph in cfg.phases:
+        steps = ph.get("steps", cfg.max_steps - start)  # only the last phase may leave it out
+        pcfg = dataclasses.replace(cfg, **ph["overrides"], phases=None, max_steps=steps)
+        plan.append(Phase(ph["name"], start, start + steps, pcfg, any(k in ph["overrides"] for k in DATA_KEYS)))
+        start += steps
+    return plan
+
+
+def phase_at(plan: list[Phase], step: int) -> Phase:
+    return next((ph for ph in plan if ph.start <= step < ph.end), plan[-1])
 
 
 def batch_order(sizes: list[int], batch_size: int, seed: int, step: int, bucket: int = 8) -> list[int]:
@@ -330,6 +362,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         raise RLFError(f"--out {run}: exists and is not a directory")
     run.mkdir(parents=True, exist_ok=True)
 
+    plan = phase_plan(cfg)
+    data_files = ["train", "val"] + [f"train.{ph.name}" for ph in plan if ph.own_data]
     torch.manual_seed(cfg.seed)
     base = base or load_base(cfg.base, cfg.encoder_layers, device=cfg.device, loop_layers=cfg.loop_layers)
     if resume:  # the exact data the run started with
@@ -338,7 +372,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
             digests = json.loads((run / "data.json").read_text())
         except (OSError, ValueError):
             digests = {}
-        now = {"train": file_digest(run / "train.jsonl"), "val": file_digest(run / "val.jsonl")}
+        now = {k: file_digest(run / f"{k}.jsonl") if (run / f"{k}.jsonl").is_file() else None for k in data_files}
         changed = [f"{k}.jsonl (sha256 {digests.get(k)} -> {now[k]})" for k in now if digests.get(k) != now[k]]
         if changed and not force:
             raise RLFError(f"{run}: {' and '.join(changed)} changed since the run started; restore the data, "
@@ -349,14 +383,20 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         train_ex, val_ex = make_data(cfg, base.tokenizer)
         write_jsonl(train_ex, run / "train.jsonl")
         write_jsonl(val_ex, run / "val.jsonl")
-        _write_atomic(run / "data.json", json.dumps({"train": file_digest(run / "train.jsonl"),
-                                                     "val": file_digest(run / "val.jsonl")}))
+        for ph in plan:
+            if ph.own_data:
+                write_jsonl(make_data(ph.cfg, base.tokenizer)[0], run / f"train.{ph.name}.jsonl")
+        _write_atomic(run / "data.json", json.dumps({k: file_digest(run / f"{k}.jsonl") for k in data_files}))
     t_encode = time.perf_counter()
     users = {} if resume else {"train": cfg.train_file, "val": cfg.val_file}  # errors name the file given, if any
     train_split = prepare_split(train_ex, base, cfg, str(users.get("train") or run / "train.jsonl"), progress)
     val_split = prepare_split(val_ex, base, cfg, str(users.get("val") or run / "val.jsonl"), progress)
+    splits = {ph.name: prepare_split(read_jsonl(run / f"train.{ph.name}.jsonl"), base, cfg,
+                                     str(run / f"train.{ph.name}.jsonl"), progress) if ph.own_data else train_split
+              for ph in plan}
     encode_s = time.perf_counter() - t_encode
-    builds = [train_split.encoded.build_seconds, val_split.encoded.build_seconds]
+    distinct = {id(sp): sp for sp in [train_split, val_split, *splits.values()]}.values()
+    builds = [sp.encoded.build_seconds for sp in distinct]
     encode_cost = None if None in builds else round(sum(builds), 1)  # what encoding costs without a cache hit
     if not resume:  # last, once the data is known to be usable: config.json is what makes this a run
         _write_atomic(run / "config.json", json.dumps(cfg.to_dict(), indent=2))
@@ -379,26 +419,31 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     device = base.device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     metrics_path = run / "metrics.jsonl"
-    sizes = [len(t) for t in train_split.target_ids]
+    sizes = {name: [len(t) for t in sp.target_ids] for name, sp in splits.items()}
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="train", unit="step", disable=not progress,
                dynamic_ncols=True)
     t_last, examples_since = time.perf_counter(), 0
     while state["step"] < cfg.max_steps and state["stopped"] is None:
         step = state["step"]
+        ph = phase_at(plan, step)
+        pcfg = ph.cfg
+        if cfg.phases:
+            bar.set_description(f"train [{ph.name}]", refresh=False)
         t0 = time.perf_counter()
-        idx = batch_order(sizes, cfg.batch_size, cfg.seed, step)
-        x, lengths, tids = train_split.batch(idx)
-        n_loops = loops_needed(tids, cfg.supervision, cfg.extra_halt_loops)
-        targets = loop_targets(tids, model.halt_id, n_loops, cfg.supervision).to(device)
+        idx = batch_order(sizes[ph.name], pcfg.batch_size, cfg.seed, step - ph.start)
+        x, lengths, tids = splits[ph.name].batch(idx)
+        n_loops = loops_needed(tids, pcfg.supervision, pcfg.extra_halt_loops)
+        targets = loop_targets(tids, model.halt_id, n_loops, pcfg.supervision).to(device)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr_at(step - ph.start, pcfg)
+        opt.param_groups[0]["weight_decay"] = pcfg.weight_decay  # the decayed group (make_optimizer's first)
         with autocast:
             logits = model(x.to(device), lengths, n_loops)
         loss, stats = loop_loss(logits, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(list(trainable_parameters(model).values()), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(trainable_parameters(model).values()), pcfg.grad_clip)
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             state["bad_steps"] += 1
             state["skipped_steps"] += 1
@@ -417,8 +462,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             rate = examples_since / (time.perf_counter() - t_last)
             t_last, examples_since = time.perf_counter(), 0
-            rec = {"step": step, "loss": loss.item(), "trace_acc": stats["trace_acc"], "lr": lr_at(step - 1, cfg),
-                   "grad_norm": grad_norm.item(), "examples_per_s": rate, "skipped_steps": state["skipped_steps"]}
+            rec = {"step": step, **({"phase": ph.name} if cfg.phases else {}), "loss": loss.item(),
+                   "trace_acc": stats["trace_acc"], "lr": lr_at(step - 1 - ph.start, pcfg),
+                   "grad_norm": grad_norm.item(), "examples_per_s": rate, "skipped_steps": state["skipped_steps"],
+                   "per_loop_acc": [round(a, 4) for a in stats["per_loop_acc"]]}
             _append_jsonl(metrics_path, rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['trace_acc']:.2f}", ex_s=f"{rate:.0f}")
         if step % cfg.val_every == 0 or step == cfg.max_steps:
@@ -459,6 +506,21 @@ def peak_memory_mb(device: torch.device) -> dict:
     if device.type == "cuda":
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
+
+
+def train_or_reuse(cfg: TrainConfig, out: Path, base: Base | None = None) -> dict:
+    """Train into `out`; reuse a finished run with the same config, resume an unfinished one.
+
+    The saved config is read as a TrainConfig, so a run saved before a config key existed (the key at its default)
+    is the same config."""
+    if (out / "config.json").is_file() and read_run_config(out).to_dict() != cfg.to_dict():
+        raise RLFError(f"{out} holds a run with another config; use another --out or remove it")
+    if (out / "model.safetensors").is_file() and (out / "summary.json").is_file():
+        log.info("reusing the trained run in %s", out)
+        return json.loads((out / "summary.json").read_text())
+    if (out / "config.json").is_file() and latest_checkpoint(out) is None:
+        raise RLFError(f"{out} holds a run that stopped before its first checkpoint; remove it or use another --out")
+    return train(cfg, out, resume=(out / "config.json").is_file(), base=base)
 
 
 # ----------------------------------------------------------------------------------------------- loading

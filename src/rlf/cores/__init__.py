@@ -10,11 +10,34 @@ from torch import nn
 
 from rlf.errors import RLFError
 
-CORES = ("mamba2", "transformer", "mamba1")
+CORES = ("mamba2", "transformer", "mamba1", "llama")
 
 
-def build_core(kind: str, d_model: int, chunk_size: int = 64) -> nn.Module:
-    """A reasoning core of the given kind with its output projection at zero (the loop starts as identity)."""
+class NarrowCore(nn.Module):
+    """A core that loops in k < d dimensions: x -> down (d -> k) -> core at width k -> up (k -> d).
+
+    The lifeline, loop norm and read-out stay at d; the core's arithmetic shrinks by about (d/k)^2. The inner
+    core's output projection starts at zero (so the update does), `up` starts random so both get gradients.
+    """
+
+    def __init__(self, inner: nn.Module, d_model: int, core_dim: int):
+        super().__init__()
+        self.down = nn.Linear(d_model, core_dim, bias=False)
+        self.inner = inner
+        self.up = nn.Linear(core_dim, d_model, bias=False)
+
+    def forward(self, x):
+        return self.up(self.inner(self.down(x)))
+
+
+def build_core(kind: str, d_model: int, chunk_size: int = 64, core_dim: int = 0) -> nn.Module:
+    """A reasoning core of the given kind with its output projection at zero (the loop starts as identity).
+
+    `core_dim` k > 0 (and below d_model) runs it at width k between a down and an up projection."""
+    if core_dim and core_dim != d_model:
+        if core_dim > d_model:
+            raise RLFError(f"core_dim={core_dim}: must be at most the base's width {d_model} (0 = the base's width)")
+        return NarrowCore(build_core(kind, core_dim, chunk_size), d_model, core_dim)
     if kind == "mamba2":
         from rlf.cores.mamba2 import Mamba2Core
 
@@ -23,6 +46,10 @@ def build_core(kind: str, d_model: int, chunk_size: int = 64) -> nn.Module:
         from rlf.cores.transformer import TransformerCore
 
         return TransformerCore(d_model)
+    if kind == "llama":
+        from rlf.cores.llama import LlamaCore
+
+        return LlamaCore(d_model)
     if kind == "mamba1":
         from rlf.cores.mamba1 import Mamba1Core
 

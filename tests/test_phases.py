@@ -1,0 +1,104 @@
+"""Phased training (`phases:`): each phase its data, supervision and optimisation; resume inside and across phases."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import rlf.train
+from rlf.config import load_config
+from rlf.errors import RLFError
+from rlf.tasks import read_jsonl
+from rlf.train import phase_at, phase_plan, train
+
+PHASES = "phases=[{name: warm, steps: 4, overrides: {hops: '1', lr: 0.01, distractors: 0}}, {name: main}]"
+
+
+def two_phase(cache_dir, *extra):
+    return load_config("tiny", ["max_steps=10", "n_train=64", "n_val=16", "batch_size=8", "val_every=5",
+                                "ckpt_every=2", "log_every=1", "hops=1-3", "order=backward", "distractors=1",
+                                f"cache_dir={cache_dir}", PHASES, *extra])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_llama):
+    cache = tmp_path_factory.mktemp("enc")
+    run = tmp_path_factory.mktemp("ref") / "run"
+    with torch.random.fork_rng():
+        train(two_phase(cache), run, progress=False, base=tiny_llama)
+    return run, cache
+
+
+def test_a_two_phase_run_trains_each_phase_on_its_own_data_and_schedule(reference):
+    run, _ = reference
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+    assert [r["phase"] for r in recs] == ["warm"] * 4 + ["main"] * 6
+    assert recs[0]["lr"] == pytest.approx(0.01 / 20)  # the warm phase's own lr, first of tiny's 20 warmup steps
+    assert {ex.hops for ex in read_jsonl(run / "train.warm.jsonl")} == {1}
+    assert all(ex.meta["distractors"] == 0 for ex in read_jsonl(run / "train.warm.jsonl"))
+    assert {ex.hops for ex in read_jsonl(run / "train.jsonl")} == {1, 2, 3}
+    assert json.loads((run / "summary.json").read_text())["steps"] == 10
+
+
+def test_killed_inside_phase_two_resumes_to_the_uninterrupted_weights(reference, tmp_path, tiny_llama, monkeypatch):
+    ref, cache = reference
+    run = tmp_path / "run"
+    order = rlf.train.batch_order
+    calls = {"n": 0}
+
+    def dies_at_step_7(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:  # step 7 (0-based): inside `main`, after the checkpoint at step 6
+            raise KeyboardInterrupt
+        return order(*args, **kwargs)
+
+    monkeypatch.setattr(rlf.train, "batch_order", dies_at_step_7)
+    with pytest.raises(KeyboardInterrupt), torch.random.fork_rng():
+        train(two_phase(cache), run, progress=False, base=tiny_llama)
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 6
+    monkeypatch.setattr(rlf.train, "batch_order", order)
+    with torch.random.fork_rng():
+        train(two_phase(cache), run, resume=True, progress=False, base=tiny_llama)
+    a, b = load_file(run / "model.safetensors"), load_file(ref / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_finished_phase_is_not_rerun(reference, tmp_path, tiny_llama, monkeypatch):
+    """Resuming at step 6 (inside `main`) never draws a batch of `warm` again."""
+    import shutil
+
+    ref, cache = reference
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 10
+    seen = []
+    order = rlf.train.batch_order
+    monkeypatch.setattr(rlf.train, "batch_order", lambda sizes, *a, **k: seen.append(len(sizes)) or order(sizes, *a, **k))
+    train(two_phase(cache, "max_steps=12"), run, resume=True, progress=False, base=tiny_llama)
+    assert len(seen) == 2 and set(seen) == {64}  # only main's data (64 examples), steps 10 and 11
+
+
+def test_phase_plan_spans_and_overrides():
+    plan = phase_plan(load_config("tiny", ["max_steps=10", PHASES]))
+    assert [(p.name, p.start, p.end, p.own_data) for p in plan] == [("warm", 0, 4, True), ("main", 4, 10, False)]
+    assert plan[0].cfg.hops == "1" and plan[0].cfg.lr == 0.01 and plan[0].cfg.max_steps == 4
+    assert plan[1].cfg.lr == load_config("tiny").lr
+    assert phase_at(plan, 3).name == "warm" and phase_at(plan, 4).name == "main"
+    assert [p.name for p in phase_plan(load_config("tiny"))] == ["main"]
+
+
+@pytest.mark.parametrize("phases, message", [
+    ("[{name: a, steps: 4, overrides: {core: transformer}}, {name: b}]", "phase 'a': key 'core' cannot change"),
+    ("[{name: a, steps: 4, overrides: {bogus: 1}}, {name: b}]", "phase 'a': key 'bogus'"),
+    ("[{name: a, steps: 0}, {name: b}]", "phase 'a': steps=0"),
+    ("[{name: a, steps: 4}, {name: a}]", "phase 'a': duplicate phase name"),
+    ("[{name: a, steps: 4}, {name: b, steps: 3}]", "add up to 7, max_steps is 10"),
+    ("[{name: a, steps: 10}, {name: b}]", "phase 'b': steps=0"),
+    ("[{name: a, steps: 4, overrides: {lr: fast}}, {name: b}]", "phase 'a': lr='fast'"),
+    ("[{steps: 4}]", "phases\\[0\\]: each phase is a mapping with a `name`"),
+])
+def test_an_invalid_phase_is_refused_naming_the_phase_and_key(phases, message):
+    with pytest.raises(RLFError, match=message):
+        load_config("tiny", ["max_steps=10", f"phases={phases}"])
