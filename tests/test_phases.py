@@ -102,3 +102,31 @@ def test_phase_plan_spans_and_overrides():
 def test_an_invalid_phase_is_refused_naming_the_phase_and_key(phases, message):
     with pytest.raises(RLFError, match=message):
         load_config("tiny", ["max_steps=10", f"phases={phases}"])
+
+
+def test_copy_warmup_supervises_each_sampled_position_with_its_own_token(tiny_llama):
+    """supervision=copy: the head at k sampled positions after one loop, targets = those positions' tokens; the loss
+    is exactly the cross-entropy of those rows (so a wrong position or target would show)."""
+    import torch.nn.functional as F
+
+    from rlf.model import copy_loss
+    from rlf.train import build_model
+
+    model = build_model(load_config("tiny"), tiny_llama)
+    prompts = ["K = moon. P = K. What is P?\nAnswer:", "A = sun. What is A?\nAnswer:"]
+    ids = tiny_llama.tokenize(prompts)
+    x, lengths = tiny_llama.encode_ids(ids)
+    loss, stats = copy_loss(model, x, lengths, ids, 5, torch.Generator().manual_seed(0))
+    pos = (torch.rand(2, 5, generator=torch.Generator().manual_seed(0)) * lengths[:, None].float()).long()
+    assert (pos < lengths[:, None]).all() and len(ids[1]) < len(ids[0])  # never a padding position
+    state = model.step(x, x, 0)
+    logits = model.head(state[torch.arange(2)[:, None], pos])
+    want = torch.tensor([[ids[b][j] for j in pos[b].tolist()] for b in range(2)])
+    torch.testing.assert_close(loss, F.cross_entropy(logits.reshape(10, -1), want.reshape(-1)))
+    loss.backward()
+    assert model.core.mixer.out_proj.weight.grad.abs().max() > 0  # the core learns from it (tiny: a Mamba2 core)
+
+
+def test_copy_is_refused_for_a_whole_run(tmp_path, tiny_llama):
+    with pytest.raises(RLFError, match="supervision=copy is a warm-up"):
+        train(load_config("tiny", ["supervision=copy"]), tmp_path / "run", progress=False, base=tiny_llama)

@@ -53,7 +53,10 @@ class TrainConfig:
     loop_layers: int = 0  # the seeds' full recipe: this many base layers above encoder_layers run inside the loop
     lora_rank: int = 8  # ... adapted with LoRA of this rank and alpha (only the adapters train)
     lora_alpha: float = 16.0
-    supervision: Literal["per_loop", "final", "answer_once"] = "per_loop"  # answer_once: no loop (a baseline)
+    # answer_once: no loop (a baseline); copy: a read-out warm-up phase, one loop, every sampled prompt position
+    # must read out its own token through the head (dense: copy_positions targets per prompt, no chain targets)
+    supervision: Literal["per_loop", "final", "answer_once", "copy"] = "per_loop"
+    copy_positions: int = 8
     extra_halt_loops: int = 1  # loops past the longest trace in a batch, all <HALT>: teaches halting to stick
     # optimisation
     seed: int = 0
@@ -107,7 +110,7 @@ class TrainConfig:
 _HINTS = typing.get_type_hints(TrainConfig)
 
 # what a phase may change: the data, the supervision and the optimisation, never a parameter's shape or the encoder
-PHASE_KEYS = ("task", "order", "distractors", "name_pool", "value_pool", "hops", "n_train", "data_seed", "train_file",
+PHASE_KEYS = ("copy_positions", "task", "order", "distractors", "name_pool", "value_pool", "hops", "n_train", "data_seed", "train_file",
               "supervision", "extra_halt_loops", "lr", "weight_decay", "warmup_steps", "grad_clip", "batch_size")
 
 
@@ -179,7 +182,7 @@ def _check_type(name: str, value, declared, where: str) -> None:
         raise RLFError(f"{where}: {name}={value!r}: expected {names}")
 
 
-_POSITIVE = ("n_train", "n_val", "batch_size", "max_steps", "val_every", "ckpt_every", "log_every", "max_loops",
+_POSITIVE = ("copy_positions", "n_train", "n_val", "batch_size", "max_steps", "val_every", "ckpt_every", "log_every", "max_loops",
              "chunk_size", "max_bad_steps", "encoder_layers", "lr", "grad_clip", "lora_rank", "lora_alpha")
 _NON_NEGATIVE = ("core_dim", "distractors", "scratchpad", "bridge_rank", "loop_layers", "warmup_steps",
                  "extra_halt_loops", "early_stop_patience", "weight_decay")

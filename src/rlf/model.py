@@ -233,6 +233,24 @@ class RLFModel(nn.Module):
         return out
 
 
+def copy_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, token_ids: list[list[int]], k: int,
+              generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """The read-out warm-up (supervision=copy): one loop step over the prompt, then the head at k positions per prompt
+    (drawn from `generator`, with replacement) must name the token at that position. It teaches the core and norm to
+    turn a prompt word's state into that word's head row, for every word of every prompt at once."""
+    B = x_prompt.shape[0]
+    x, _ = model._start(x_prompt, lengths)
+    x = model.step(x, x_prompt, 0)
+    pos = (torch.rand(B, k, generator=generator) * lengths[:, None].float()).long()  # (B, k), < length
+    ids = torch.tensor([[t[j] for j in row] for t, row in zip(token_ids, pos.tolist())], device=x.device)
+    h = x[torch.arange(B, device=x.device)[:, None], pos.to(x.device) + model.cfg.scratchpad]  # (B, k, d)
+    logits = model.head(h)
+    loss = F.cross_entropy(logits.float().reshape(B * k, -1), ids.reshape(-1))
+    with torch.no_grad():
+        acc = (logits.argmax(-1) == ids).float().mean().item()
+    return loss, {"trace_acc": 0.0, "per_loop_acc": [acc], "copy_acc": acc}
+
+
 def loops_needed(target_ids: list[list[int]], supervision: str = "per_loop", extra: int = 0) -> int:
     """Loops a batch runs: the longest trace, its <HALT>, and `extra` more <HALT> loops; one for answer_once."""
     return 1 if supervision == "answer_once" else max(len(t) for t in target_ids) + 1 + extra

@@ -148,7 +148,7 @@ def run_sweep(path: str | Path, only: list[str] | None = None) -> dict:
         run_dir = Path(spec["out"]) / v["name"]
         summary = train_or_reuse(cfg, run_dir, None)
         curve = val_curve(run_dir / "metrics.jsonl")
-        log_data["rows"][v["name"]] = {
+        row = {
             "name": v["name"], "note": v.get("note", ""), "overrides": v.get("overrides", []),
             "digest": cfg.digest(), "steps": summary["steps"], "stopped": summary["stopped"],
             "train_seconds": summary["train_seconds"], "encode_cost_seconds": summary.get("encode_cost_seconds"),
@@ -161,9 +161,14 @@ def run_sweep(path: str | Path, only: list[str] | None = None) -> dict:
             "measured": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads",
         }
+        # re-read before writing: another `rlf bench sweep --only` may have logged variants meanwhile
+        log_data = json.loads(results_path.read_text()) if results_path.is_file() else {"rows": {}}
+        log_data["rows"][v["name"]] = row
         log_data.update(preset=spec["preset"], overrides=spec["overrides"], sweep=str(path))
         results_path.parent.mkdir(parents=True, exist_ok=True)
-        results_path.write_text(json.dumps(log_data, indent=1))  # after every variant: an interruption keeps it
+        tmp = results_path.with_name(results_path.name + ".tmp")
+        tmp.write_text(json.dumps(log_data, indent=1))  # after every variant: an interruption keeps it
+        os.replace(tmp, results_path)
         Path(spec["docs"]).write_text(render_sweep(log_data, spec))
     Path(spec["docs"]).write_text(render_sweep(log_data, spec))
     return log_data

@@ -25,10 +25,10 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from rlf.base import Base, load_base
-from rlf.cache import EncodedSet, encode_cached
+from rlf.cache import EncodedSet, apply_template, encode_cached
 from rlf.config import TrainConfig, read_run_config
 from rlf.errors import RLFError
-from rlf.model import RLFConfig, RLFModel, loop_loss, loop_targets, loops_needed, trainable_parameters
+from rlf.model import RLFConfig, RLFModel, copy_loss, loop_loss, loop_targets, loops_needed, trainable_parameters
 from rlf.tasks import Example, read_jsonl, target_token_id, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -362,6 +362,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         raise RLFError(f"--out {run}: exists and is not a directory")
     run.mkdir(parents=True, exist_ok=True)
 
+    if cfg.supervision == "copy":
+        raise RLFError("config: supervision=copy is a warm-up: set it in a phase (phases: [{name: readout, steps: 200, "
+                       "overrides: {supervision: copy}}, {name: main}]), not for the whole run")
     plan = phase_plan(cfg)
     data_files = ["train", "val"] + [f"train.{ph.name}" for ph in plan if ph.own_data]
     torch.manual_seed(cfg.seed)
@@ -424,6 +427,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="train", unit="step", disable=not progress,
                dynamic_ncols=True)
     t_last, examples_since = time.perf_counter(), 0
+    prompt_ids: dict[str, list[list[int]]] = {}
     while state["step"] < cfg.max_steps and state["stopped"] is None:
         step = state["step"]
         ph = phase_at(plan, step)
@@ -433,14 +437,23 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         t0 = time.perf_counter()
         idx = batch_order(sizes[ph.name], pcfg.batch_size, cfg.seed, step - ph.start)
         x, lengths, tids = splits[ph.name].batch(idx)
-        n_loops = loops_needed(tids, pcfg.supervision, pcfg.extra_halt_loops)
-        targets = loop_targets(tids, model.halt_id, n_loops, pcfg.supervision).to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step - ph.start, pcfg)
         opt.param_groups[0]["weight_decay"] = pcfg.weight_decay  # the decayed group (make_optimizer's first)
-        with autocast:
-            logits = model(x.to(device), lengths, n_loops)
-        loss, stats = loop_loss(logits, targets)
+        if pcfg.supervision == "copy":
+            if ph.name not in prompt_ids:  # token ids of the phase's prompts, as the base encoded them
+                prompt_ids[ph.name] = base.tokenize([apply_template(cfg.template, ex.prompt)
+                                                     for ex in splits[ph.name].examples])
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + step)
+            with autocast:
+                loss, stats = copy_loss(model, x.to(device), lengths, [prompt_ids[ph.name][i] for i in idx],
+                                        pcfg.copy_positions, gen)
+        else:
+            n_loops = loops_needed(tids, pcfg.supervision, pcfg.extra_halt_loops)
+            targets = loop_targets(tids, model.halt_id, n_loops, pcfg.supervision).to(device)
+            with autocast:
+                logits = model(x.to(device), lengths, n_loops)
+            loss, stats = loop_loss(logits, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(list(trainable_parameters(model).values()), pcfg.grad_clip)
