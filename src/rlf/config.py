@@ -47,6 +47,7 @@ class TrainConfig:
     max_loops: int = 16
     train_head: bool = False
     scratchpad: int = 0
+    feedback: bool = False  # a slot before the prompt carrying the previous loop's answer state (causal cores)
     bridge_rank: int = 0
     core_dim: int = 0  # the core's width: 0 = the base's; k < d loops a k-wide core between d->k and k->d maps
     chunk_size: int = 64
