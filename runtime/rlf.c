@@ -183,7 +183,9 @@ static void gguf_open(Gguf *g, const char *path) {
     if (version != 3) die("%s: GGUF version %u; this runtime reads version 3", path, version);
     g->n_ti = rd_u64(&c, "the tensor count");
     g->n_kv = rd_u64(&c, "the metadata count");
-    if (g->n_ti > g->size / 8 || g->n_kv > g->size / 8) die("%s: corrupt GGUF: implausible counts", path);
+    if (g->n_ti > g->size / 8 || g->n_kv > g->size / 8) /* each entry takes at least 8 bytes */
+        die("%s: truncated or corrupt GGUF: %llu metadata entries and %llu tensors cannot fit in its %zu bytes", path,
+            (unsigned long long)g->n_kv, (unsigned long long)g->n_ti, g->size);
     g->kv = xcalloc(g->n_kv, sizeof(KV));
     for (uint64_t i = 0; i < g->n_kv; i++) {
         KV *kv = &g->kv[i];
@@ -632,8 +634,9 @@ static void tokenize(const Tokenizer *tk, const char *text, IdList *out) {
 }
 
 /* the text of one token as `tokenizer.decode([id]).strip()` shows it; byte-level tokens map back to bytes and
- * invalid UTF-8 becomes U+FFFD. Writes a NUL-terminated string into buf (4 * len + 1 bytes suffice). */
-static void token_text(const Tokenizer *tk, int id, char *buf, size_t cap) {
+ * invalid UTF-8 becomes U+FFFD. Writes the text into buf, NUL-terminated, and returns its length (the text itself
+ * may hold a NUL: token "\0"). */
+static size_t token_text(const Tokenizer *tk, int id, char *buf, size_t cap) {
     static int inverse[324], ready;
     if (!ready) {
         int extra = 0;
@@ -685,6 +688,7 @@ static void token_text(const Tokenizer *tk, int id, char *buf, size_t cap) {
                buf[o++] = (char)(0x80 | ((c >> 6) & 0x3f)); buf[o++] = (char)(0x80 | (c & 0x3f)); }
     }
     buf[o] = 0;
+    return o;
 }
 
 /* ------------------------------------------------------------------------------------------ the model */
@@ -1098,6 +1102,7 @@ static void usage(void) {
             "  --json             one JSON object per prompt (input ids, token ids, p, p_halt)\n"
             "  --tokenize         print the token ids of each PROMPT as given (no template) and exit\n"
             "  --tokenize-file F  the same for the NUL-separated strings in F, one line of ids each\n"
+            "  --decode-all       print every token's text as the trace shows it (a JSON string a line) and exit\n"
             "  --timing           print load/encode/loop times and peak RSS to stderr\n",
             SOLVE_LOOPS);
     exit(2);
@@ -1133,9 +1138,9 @@ static char *read_file(const char *path, size_t *n) {
     return buf;
 }
 
-static void json_string(const char *s) {
+static void json_string(const char *s, size_t n) {
     putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    for (const unsigned char *p = (const unsigned char *)s; p < (const unsigned char *)s + n; p++) {
         if (*p == '"' || *p == '\\') printf("\\%c", *p);
         else if (*p == '\n') printf("\\n");
         else if (*p == '\t') printf("\\t");
@@ -1146,9 +1151,9 @@ static void json_string(const char *s) {
     putchar('"');
 }
 
-static size_t utf8_width(const char *s) { /* code points, as Python's format width counts */
+static size_t utf8_width(const char *s, size_t len) { /* code points, as Python's format width counts */
     size_t n = 0;
-    for (; *s; s++) n += ((unsigned char)*s & 0xc0) != 0x80;
+    for (size_t i = 0; i < len; i++) n += ((unsigned char)s[i] & 0xc0) != 0x80;
     return n;
 }
 
@@ -1180,7 +1185,7 @@ static char *apply_template(const char *tmpl, const char *prompt) { /* replace e
 
 int main(int argc, char **argv) {
     const char *model_path = NULL, *prompts_file = NULL, *tokenize_file = NULL;
-    int max_loops = SOLVE_LOOPS, clamp = -1, as_json = 0, tokenize_only = 0, timing = 0;
+    int max_loops = SOLVE_LOOPS, clamp = -1, as_json = 0, tokenize_only = 0, timing = 0, decode_all = 0;
     float gate_scale = 1.0f;
     char **prompts = xcalloc(argc + 1, sizeof(char *));
     int n_prompts = 0;
@@ -1201,6 +1206,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--json")) as_json = 1;
         else if (!strcmp(a, "--tokenize")) tokenize_only = 1;
         else if (!strcmp(a, "--timing")) timing = 1;
+        else if (!strcmp(a, "--decode-all")) decode_all = 1;
         else if (a[0] == '-' && a[1] == '-') die("unknown option %s (see --help)", a);
         else if (!model_path) model_path = a;
         else prompts[n_prompts++] = argv[i];
@@ -1219,6 +1225,14 @@ int main(int argc, char **argv) {
     if (clamp >= 0 && M.loop_pos == 0)
         die("--loop-clamp moves the loop position, and this model has none (loop_pos=none)");
 
+    char text[4200];
+    if (decode_all) {
+        for (int id = 0; id < M.vocab; id++) {
+            json_string(text, token_text(&tk, id, text, sizeof text));
+            putchar('\n');
+        }
+        return 0;
+    }
     if (tokenize_file || tokenize_only) {
         IdList ids = {0};
         size_t n;
@@ -1261,7 +1275,6 @@ int main(int argc, char **argv) {
     LoopOut *trace = xcalloc(max_loops, sizeof(LoopOut));
     double t_tok = 0, t_enc = 0, t_loop = 0;
     long total_loops = 0;
-    char text[4200];
     for (int k = 0; k < n_prompts; k++) {
         const char *prompt = prompts[k];
         if (only_space(prompt)) die("empty prompt: give the problem text, e.g. \"K = moon. P = K. What is P?\"");
@@ -1283,26 +1296,27 @@ int main(int argc, char **argv) {
         total_loops += n;
         if (as_json) {
             printf("{\"prompt\": ");
-            json_string(prompt);
+            json_string(prompt, strlen(prompt));
             printf(", \"input_ids\": [");
             for (int i = 0; i < ids.n; i++) printf(i ? ", %d" : "%d", ids.ids[i]);
             printf("], \"halted_at\": %d, \"trace\": [", trace[n - 1].id == M.vocab ? n - 1 : -1);
             for (int i = 0; i < n; i++) {
-                if (trace[i].id == M.vocab) strcpy(text, "<HALT>");
-                else token_text(&tk, trace[i].id, text, sizeof text);
+                size_t len = trace[i].id == M.vocab ? strlen(strcpy(text, "<HALT>"))
+                                                    : token_text(&tk, trace[i].id, text, sizeof text);
                 printf("%s{\"loop\": %d, \"id\": %d, \"token\": ", i ? ", " : "", i + 1, trace[i].id);
-                json_string(text);
+                json_string(text, len);
                 printf(", \"p\": %.9g, \"p_halt\": %.9g}", trace[i].p, trace[i].p_halt);
             }
             printf("]}\n");
         } else {
             printf("%s\n%4s  %-12s %6s  %7s\n", prompt, "loop", "token", "p", "p(HALT)");
             for (int i = 0; i < n; i++) {
-                if (trace[i].id == M.vocab) strcpy(text, "<HALT>");
-                else token_text(&tk, trace[i].id, text, sizeof text);
-                size_t w = utf8_width(text);
-                printf("%4d  %s%*s %6.3f  %7.3f\n", i + 1, text, w < 12 ? (int)(12 - w) : 0, "", trace[i].p,
-                       trace[i].p_halt);
+                size_t len = trace[i].id == M.vocab ? strlen(strcpy(text, "<HALT>"))
+                                                    : token_text(&tk, trace[i].id, text, sizeof text);
+                size_t w = utf8_width(text, len);
+                printf("%4d  ", i + 1);
+                fwrite(text, 1, len, stdout);
+                printf("%*s %6.3f  %7.3f\n", w < 12 ? (int)(12 - w) : 0, "", trace[i].p, trace[i].p_halt);
             }
             printf("\n");
         }

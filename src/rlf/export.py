@@ -323,3 +323,36 @@ def cmd_export(args) -> int:
           f"core {info['core']}, {info['encoder_layers']} encoder layers")
     print(f"run it: make rlf-run && ./rlf-run {info['file']} \"K = moon. P = K. What is P?\"")
     return 0
+
+
+# ----------------------------------------------------------------------------------------------- the runtime
+
+RUNTIME_SOURCE = Path(__file__).resolve().parents[2] / "runtime" / "rlf.c"  # in a source checkout
+
+
+def find_compiler() -> str | None:
+    """The system C compiler ($CC, cc, gcc or clang), or None."""
+    import shlex
+    import shutil
+
+    for cc in ([os.environ["CC"]] if os.environ.get("CC") else []) + ["cc", "gcc", "clang"]:
+        if shutil.which(shlex.split(cc)[0]):
+            return cc
+    return None
+
+
+def build_runtime(out: str | Path, extra_flags: tuple[str, ...] = ()) -> Path:
+    """Compile runtime/rlf.c into `out` with the system compiler: `cc -O2 -o out runtime/rlf.c -lm`."""
+    import shlex
+    import subprocess
+
+    cc = find_compiler()
+    if cc is None:
+        raise RLFError("no C compiler found (tried $CC, cc, gcc, clang); install one to build the runtime")
+    if not RUNTIME_SOURCE.is_file():
+        raise RLFError(f"{RUNTIME_SOURCE}: the runtime source is missing (it ships in the source checkout)")
+    cmd = [*shlex.split(cc), "-O2", *extra_flags, "-o", str(out), str(RUNTIME_SOURCE), "-lm"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RLFError(f"building the runtime failed ({' '.join(cmd)}):\n{done.stderr.strip()}")
+    return Path(out)
