@@ -724,6 +724,9 @@ typedef struct {
     Mat bridge_down, bridge_up;
     /* core */
     int core; /* 1 mamba2, 2 transformer */
+    int cw;   /* the core's width: d, or k < d between core.down (d -> k) and core.up (k -> d) (core_dim=k) */
+    int narrow;
+    Mat core_down, core_up;
     const float *core_norm_w, *core_norm_b;
     float core_eps;
     /* mamba2 */
@@ -816,6 +819,15 @@ static void model_load(Model *M, const Gguf *g) {
 
     Str core = meta_str(g, "rlf.core.kind");
     M->core_eps = meta_f32(g, "rlf.core.norm_eps");
+    int cw = M->cw = meta_u32(g, "rlf.core.width");
+    if (cw < 1 || cw > d) die("%s: rlf.core.width %d is not in 1..%d", g_file, cw, d);
+    M->narrow = has_tensor(g, "core.down.weight");
+    if (M->narrow) {
+        M->core_down = get_mat(g, "core.down.weight", cw, d);
+        M->core_up = get_mat(g, "core.up.weight", d, cw);
+    } else if (cw != d) {
+        die("%s: rlf.core.width %d differs from d_model %d but core.down.weight is missing", g_file, cw, d);
+    }
     int widest = max_i(max_i(d, M->ffn), qd);
     if (str_eq(core, "mamba2")) {
         M->core = 1;
@@ -833,8 +845,8 @@ static void model_load(Model *M, const Gguf *g) {
         M->m_inner = M->m_heads * M->m_hd;
         M->m_convdim = M->m_inner + 2 * M->m_groups * M->m_state;
         M->m_proj = M->m_inner + M->m_convdim + M->m_heads;
-        M->core_norm_w = get_f32(g, "core.norm.weight", d);
-        M->in_proj = get_mat(g, "core.in_proj.weight", M->m_proj, d);
+        M->core_norm_w = get_f32(g, "core.norm.weight", cw);
+        M->in_proj = get_mat(g, "core.in_proj.weight", M->m_proj, cw);
         M->in_proj_b = opt_f32(g, "core.in_proj.bias", M->m_proj);
         M->conv_w = get_f32(g, "core.conv1d.weight", (uint64_t)M->m_convdim * M->m_conv);
         M->conv_b = opt_f32(g, "core.conv1d.bias", M->m_convdim);
@@ -842,35 +854,35 @@ static void model_load(Model *M, const Gguf *g) {
         M->A_log = get_f32(g, "core.A_log", M->m_heads);
         M->Dp = get_f32(g, "core.D", M->m_heads);
         M->ssm_norm = get_f32(g, "core.ssm_norm.weight", M->m_inner);
-        M->out_proj = get_mat(g, "core.out_proj.weight", d, M->m_inner);
-        M->out_proj_b = opt_f32(g, "core.out_proj.bias", d);
+        M->out_proj = get_mat(g, "core.out_proj.weight", cw, M->m_inner);
+        M->out_proj_b = opt_f32(g, "core.out_proj.bias", cw);
         widest = max_i(widest, M->m_inner);
     } else if (str_eq(core, "transformer")) {
         M->core = 2;
         M->t_layers = meta_u32(g, "rlf.core.n_layers");
         M->t_heads = meta_u32(g, "rlf.core.n_heads");
         M->t_ffn = meta_u32(g, "rlf.core.ffn_dim");
-        if (M->t_layers < 1 || M->t_layers > 256 || M->t_heads < 1 || d % M->t_heads || M->t_ffn < 1)
+        if (M->t_layers < 1 || M->t_layers > 256 || M->t_heads < 1 || cw % M->t_heads || M->t_ffn < 1)
             die("%s: implausible Transformer core dimensions in the metadata", g_file);
         M->tl = xcalloc(M->t_layers, sizeof(CoreLayer));
         for (int i = 0; i < M->t_layers; i++) {
             CoreLayer *L = &M->tl[i];
-            L->norm1_w = get_f32(g, NM("core.layers.%d.norm1.weight", i), d);
-            L->norm1_b = get_f32(g, NM("core.layers.%d.norm1.bias", i), d);
-            L->norm2_w = get_f32(g, NM("core.layers.%d.norm2.weight", i), d);
-            L->norm2_b = get_f32(g, NM("core.layers.%d.norm2.bias", i), d);
-            L->attn_in = get_mat(g, NM("core.layers.%d.attn_in.weight", i), 3 * d, d);
-            L->attn_in_b = get_f32(g, NM("core.layers.%d.attn_in.bias", i), 3 * d);
-            L->attn_out = get_mat(g, NM("core.layers.%d.attn_out.weight", i), d, d);
-            L->attn_out_b = get_f32(g, NM("core.layers.%d.attn_out.bias", i), d);
-            L->ffn_up = get_mat(g, NM("core.layers.%d.ffn_up.weight", i), M->t_ffn, d);
+            L->norm1_w = get_f32(g, NM("core.layers.%d.norm1.weight", i), cw);
+            L->norm1_b = get_f32(g, NM("core.layers.%d.norm1.bias", i), cw);
+            L->norm2_w = get_f32(g, NM("core.layers.%d.norm2.weight", i), cw);
+            L->norm2_b = get_f32(g, NM("core.layers.%d.norm2.bias", i), cw);
+            L->attn_in = get_mat(g, NM("core.layers.%d.attn_in.weight", i), 3 * cw, cw);
+            L->attn_in_b = get_f32(g, NM("core.layers.%d.attn_in.bias", i), 3 * cw);
+            L->attn_out = get_mat(g, NM("core.layers.%d.attn_out.weight", i), cw, cw);
+            L->attn_out_b = get_f32(g, NM("core.layers.%d.attn_out.bias", i), cw);
+            L->ffn_up = get_mat(g, NM("core.layers.%d.ffn_up.weight", i), M->t_ffn, cw);
             L->ffn_up_b = get_f32(g, NM("core.layers.%d.ffn_up.bias", i), M->t_ffn);
-            L->ffn_down = get_mat(g, NM("core.layers.%d.ffn_down.weight", i), d, M->t_ffn);
-            L->ffn_down_b = get_f32(g, NM("core.layers.%d.ffn_down.bias", i), d);
+            L->ffn_down = get_mat(g, NM("core.layers.%d.ffn_down.weight", i), cw, M->t_ffn);
+            L->ffn_down_b = get_f32(g, NM("core.layers.%d.ffn_down.bias", i), cw);
         }
-        M->core_norm_w = get_f32(g, "core.norm.weight", d);
-        M->core_norm_b = get_f32(g, "core.norm.bias", d);
-        M->t_out = get_mat(g, "core.out_proj.weight", d, d);
+        M->core_norm_w = get_f32(g, "core.norm.weight", cw);
+        M->core_norm_b = get_f32(g, "core.norm.bias", cw);
+        M->t_out = get_mat(g, "core.out_proj.weight", cw, cw);
         widest = max_i(widest, M->t_ffn);
     } else {
         die("%s: rlf.core.kind %.*s is not supported; this runtime runs the mamba2 and transformer cores", g_file,
@@ -930,7 +942,7 @@ static void encode(const Model *M, const int *ids, int T, float *out) {
 }
 
 /* every buffer the loop needs for a sequence of S rows, allocated once per prompt */
-typedef struct { float *xn, *upd, *big, *big2, *state, *y, *qkv, *att, *scores, *logits, *hv, *hb; } LoopBufs;
+typedef struct { float *xn, *upd, *big, *big2, *state, *y, *att, *scores, *logits, *hv, *hb, *xc, *upd_d; } LoopBufs;
 
 static LoopBufs loop_bufs(const Model *M, int S) {
     LoopBufs b;
@@ -941,7 +953,8 @@ static LoopBufs loop_bufs(const Model *M, int S) {
     b.big2 = xcalloc(S * (M->core == 1 ? (size_t)M->m_convdim : d), 4);
     b.state = M->core == 1 ? xcalloc((size_t)M->m_heads * M->m_hd * M->m_state, 4) : NULL; /* (H, P, N) */
     b.y = xcalloc(S * (M->core == 1 ? (size_t)M->m_inner : d), 4);
-    b.qkv = NULL;
+    b.xc = M->narrow ? xcalloc(S * d, 4) : NULL; /* the narrow core's input and the update brought back to d */
+    b.upd_d = M->narrow ? xcalloc(S * d, 4) : NULL;
     b.att = xcalloc(S * d, 4);
     b.scores = xcalloc(S, 4);
     b.logits = xcalloc(M->vocab + 1, 4);
@@ -951,13 +964,13 @@ static LoopBufs loop_bufs(const Model *M, int S) {
 }
 static void free_bufs(LoopBufs *b) {
     free(b->xn); free(b->upd); free(b->big); free(b->big2); free(b->state); free(b->y); free(b->att);
-    free(b->scores); free(b->logits); free(b->hv); free(b->hb);
+    free(b->scores); free(b->logits); free(b->hv); free(b->hb); free(b->xc); free(b->upd_d);
 }
 
 /* Mamba2 core: upd = out_proj(gated_norm(ssm(conv(in_proj(norm(x)))))) with the scan as a recurrence over S:
  *   state_t = exp(A dt_t) state_{t-1} + dt_t x_t B_t^T,  y_t = state_t C_t + D x_t       (per head; O(1) memory) */
 static void mamba2_core(const Model *M, const float *x, int S, LoopBufs *b) {
-    int d = M->d, H = M->m_heads, P = M->m_hd, N = M->m_state, G = M->m_groups, K = M->m_conv, DI = M->m_inner;
+    int d = M->cw, H = M->m_heads, P = M->m_hd, N = M->m_state, G = M->m_groups, K = M->m_conv, DI = M->m_inner;
     int CD = M->m_convdim, PR = M->m_proj, hpg = H / G;
     for (int t = 0; t < S; t++) rmsnorm(b->xn + (size_t)t * d, x + (size_t)t * d, M->core_norm_w, d, M->core_eps);
     matmul(b->big, b->xn, S, M->in_proj, M->in_proj_b); /* (S, [z: DI | xBC: CD | dt: H]) */
@@ -1003,7 +1016,7 @@ static void mamba2_core(const Model *M, const float *x, int S, LoopBufs *b) {
 /* 2-layer pre-norm causal Transformer core (torch's TransformerEncoderLayer, norm_first, GELU), then
  * LayerNorm and out_proj */
 static void transformer_core(const Model *M, const float *x, int S, LoopBufs *b) {
-    int d = M->d, nh = M->t_heads, hd = d / nh;
+    int d = M->cw, nh = M->t_heads, hd = d / nh;
     float *h = b->y; /* the core's own residual stream (S, d) */
     memcpy(h, x, (size_t)S * d * sizeof(float));
     for (int l = 0; l < M->t_layers; l++) {
@@ -1056,11 +1069,20 @@ static int solve(const Model *M, const float *xp, int T, int max_loops, int clam
             for (int r = 0; r < S; r++)
                 for (int j = 0; j < d; j++) x[(size_t)r * d + j] += e[j];
         }
-        if (M->core == 1) mamba2_core(M, x, S, &b);
-        else transformer_core(M, x, S, &b);
+        const float *core_in = x, *upd = b.upd;
+        if (M->narrow) { /* core_dim: down (d -> k), the core at width k, up (k -> d) */
+            matmul(b.xc, x, S, M->core_down, NULL);
+            core_in = b.xc;
+        }
+        if (M->core == 1) mamba2_core(M, core_in, S, &b);
+        else transformer_core(M, core_in, S, &b);
+        if (M->narrow) {
+            matmul(b.upd_d, b.upd, S, M->core_up, NULL);
+            upd = b.upd_d;
+        }
         for (int r = 0; r < S; r++) {
             float *row = x + (size_t)r * d;
-            for (int j = 0; j < d; j++) row[j] += b.upd[(size_t)r * d + j];
+            for (int j = 0; j < d; j++) row[j] += upd[(size_t)r * d + j];
             rmsnorm(row, row, M->loop_norm, d, M->loop_eps);
         }
         /* the head at the answer position (the last prompt token) */

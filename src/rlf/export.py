@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from rlf.errors import RLFError
 
@@ -138,7 +139,27 @@ def _base_tensors(base) -> dict[str, torch.Tensor]:
     return out
 
 
-def _core_tensors(core, kind: str) -> dict[str, torch.Tensor]:
+def _core_tensors(core, kind: str) -> tuple[dict[str, torch.Tensor], nn.Module, int]:
+    """The core's tensors, its innermost module and its width. A core looped at a narrower width k (`core_dim`,
+    a module with `down` (d -> k), `inner` and `up` (k -> d)) adds core.down/core.up around the inner core."""
+    outer = {}
+    if all(hasattr(core, a) for a in ("down", "inner", "up")):
+        outer = {"core.down.weight": core.down.weight, "core.up.weight": core.up.weight}
+        if core.down.bias is not None or core.up.bias is not None:
+            raise RLFError("rlf export: the core's down/up projections have biases, which the C runtime lacks")
+        core = core.inner
+    from rlf.cores.mamba2 import Mamba2Core
+    from rlf.cores.transformer import TransformerCore
+
+    expected = Mamba2Core if kind == "mamba2" else TransformerCore
+    if not isinstance(core, expected):
+        raise RLFError(f"rlf export: core={kind} is a {type(core).__name__} module here, which the exporter does "
+                       f"not know; the C runtime runs {expected.__name__}")
+    width = core.norm.weight.shape[0]
+    return outer | _inner_core_tensors(core, kind), core, width
+
+
+def _inner_core_tensors(core, kind: str) -> dict[str, torch.Tensor]:
     if kind == "mamba2":
         mx = core.mixer
         out = {"core.norm.weight": core.norm.weight, "core.in_proj.weight": mx.in_proj.weight,
@@ -229,7 +250,8 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "f32", loaded=
     if model.cfg.bridge_rank:
         tensors["loop.bridge_down.weight"] = _f32(model.bridge_down.weight)
         tensors["loop.bridge_up.weight"] = _f32(model.bridge_up.weight)
-    tensors.update({k: _f32(v) for k, v in _core_tensors(model.core, cfg.core).items()})
+    core_tensors, core, core_width = _core_tensors(model.core, cfg.core)
+    tensors.update({k: _f32(v) for k, v in core_tensors.items()})
     tensors["tokenizer.merge_ids"] = merge_ids
 
     tmp = out.with_name(f".{out.name}.tmp")
@@ -254,18 +276,19 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "f32", loaded=
     w.add_string("rlf.loop.lifeline", model.cfg.lifeline)
     w.add_string("rlf.loop.pos", model.cfg.loop_pos)
     w.add_string("rlf.core.kind", cfg.core)
+    ints["rlf.core.width"] = core_width
     if cfg.core == "mamba2":
-        mx = model.core.mixer
+        mx = core.mixer
         lo, hi = mx.time_step_limit
         ints |= {"rlf.core.n_heads": mx.num_heads, "rlf.core.head_dim": mx.head_dim, "rlf.core.d_state":
                  mx.ssm_state_size, "rlf.core.n_groups": mx.n_groups, "rlf.core.conv_kernel": mx.conv_kernel_size}
-        floats |= {"rlf.core.norm_eps": _eps(model.core.norm), "rlf.core.ssm_norm_eps": mx.norm.variance_epsilon,
+        floats |= {"rlf.core.norm_eps": _eps(core.norm), "rlf.core.ssm_norm_eps": mx.norm.variance_epsilon,
                    "rlf.core.dt_min": float(lo), "rlf.core.dt_max": float(min(hi, 3.0e38))}
         if mx.activation != "silu":
             raise RLFError(f"rlf export: the Mamba2 core uses {mx.activation}; the C runtime implements silu only")
     else:
-        layer = model.core.encoder.layers[0]
-        ints |= {"rlf.core.n_layers": len(model.core.encoder.layers), "rlf.core.n_heads": layer.self_attn.num_heads,
+        layer = core.encoder.layers[0]
+        ints |= {"rlf.core.n_layers": len(core.encoder.layers), "rlf.core.n_heads": layer.self_attn.num_heads,
                  "rlf.core.ffn_dim": layer.linear1.out_features}
         floats |= {"rlf.core.norm_eps": layer.norm1.eps}
     for k, v in ints.items():
