@@ -1,10 +1,10 @@
 """The C runtime (runtime/rlf.c) against `rlf solve`, both at batch 1, measured in the same run.
 
-    python benchmarks/bench_runtime.py RUN [--n 100] [--dtypes f32,f16,q8_0] [--threads 1]
+    python benchmarks/bench_runtime.py RUN [--n 100] [--dtypes f32,f16,q8_0] [--threads 1] [--native]
 
 Exports RUN at each dtype, builds the runtime with the system compiler, and runs the first N prompts of RUN's
 val.jsonl through `LoadedRun.solve` (one prompt at a time, as `rlf solve` does) and through `rlf-run`, each in its
-own process so that its peak RSS is its own. Prints prompts/s (tokenise + encode + loop, load excluded), loops/s
+own process so that its peak RSS (VmHWM: Linux) is its own. Prints prompts/s (tokenise + encode + loop, load excluded), loops/s
 (the loop phase only), load time, peak RSS, the file size per dtype, and how often each dtype gives the same trace
 as Python (loop count, top-1 tokens and halting loop) and the largest probability difference; plus trace accuracy
 against the targets. Not part of the test suite.
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 PYTHON_SIDE = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[3]))
 from rlf.train import load_run
@@ -46,7 +46,7 @@ for p in prompts:  # the loop phase alone, on the same encodings
     loops += n
     traces.append({"ids": out["tokens"][0, :n].tolist(), "p": out["p"][0, :n].tolist(),
                    "p_halt": out["p_halt"][0, :n].tolist()})
-rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"load_s": load_s, "solve_s": solve_s, "loop_s": loop_s, "loops": loops, "peak_rss_kb": rss_kb,
                   "traces": traces, "halt_id": run.model.halt_id}))
 """
@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="prompts (default 100)")
     ap.add_argument("--dtypes", default="f32,f16,q8_0")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the Python side (the runtime uses 1)")
+    ap.add_argument("--native", action="store_true", help="also run a build with -march=native (as -O2 otherwise)")
     args = ap.parse_args()
 
     from rlf.export import build_runtime, export_run
@@ -73,7 +74,9 @@ def main() -> None:
         tmp = Path(tmp)
         (tmp / "prompts.json").write_text(json.dumps(prompts))
         (tmp / "prompts.txt").write_text("\n".join(prompts) + "\n")
-        runtime = build_runtime(tmp / "rlf-run")
+        builds = {"": build_runtime(tmp / "rlf-run")}
+        if args.native:
+            builds[" -march=native"] = build_runtime(tmp / "rlf-run-native", ("-march=native",))
         loaded = load_run(args.run, device="cpu")
         targets = target_ids_of(examples, loaded.base.tokenizer, "val.jsonl")
         sizes = {}
@@ -87,11 +90,10 @@ def main() -> None:
         halt = py["halt_id"]
         rows = [("rlf solve (Python, torch)", "-", len(prompts) / py["solve_s"], py["loops"] / py["loop_s"],
                  py["load_s"], py["peak_rss_kb"], None, None, trace_acc(py["traces"], targets, halt))]
-        for dtype in sizes:
-            t = time.perf_counter()
-            done = subprocess.run([str(runtime), str(tmp / f"{dtype}.gguf"), "--json", "--timing", "--max-loops", "64",
+        for flags, dtype in [(f, d) for f in builds for d in sizes]:
+            done = subprocess.run([str(builds[flags]), str(tmp / f"{dtype}.gguf"), "--json", "--timing", "--max-loops", "64",
                                    "--prompts", str(tmp / "prompts.txt")], capture_output=True, text=True, check=True)
-            wall = time.perf_counter() - t
+
             timing = dict(kv.split("=") for kv in done.stderr.strip().split(":", 1)[1].split())
             c = [json.loads(line) for line in done.stdout.splitlines()]
             c_traces = [{"ids": [s["id"] for s in x["trace"]], "p": [s["p"] for s in x["trace"]],
@@ -100,10 +102,9 @@ def main() -> None:
             dp = max(max(abs(u - v) for u, v in zip(a["p"] + a["p_halt"], b["p"] + b["p_halt"]))
                      for a, b in zip(c_traces, py["traces"]) if a["ids"] == b["ids"]) if same else float("nan")
             work = float(timing["tokenize_s"]) + float(timing["encode_s"]) + float(timing["loop_s"])
-            rows.append((f"rlf-run {dtype}", f"{sizes[dtype] / 2**20:.1f}", len(prompts) / work,
+            rows.append((f"rlf-run {dtype}{flags}", f"{sizes[dtype] / 2**20:.1f}", len(prompts) / work,
                          int(timing["loops"]) / float(timing["loop_s"]), float(timing["load_s"]),
                          int(timing["peak_rss_kb"]), same, dp, trace_acc(c_traces, targets, halt)))
-            rows[-1] += (wall,)
 
     print(f"{args.run}: {len(prompts)} prompts of val.jsonl, batch 1, {args.threads} thread(s); "
           f"Python loops {py['loops']} in all")
