@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 PYTHON_SIDE = r"""
@@ -91,9 +90,9 @@ def main() -> None:
         rows = [("rlf solve (Python, torch)", "-", len(prompts) / py["solve_s"], py["loops"] / py["loop_s"],
                  py["load_s"], py["peak_rss_kb"], None, None, trace_acc(py["traces"], targets, halt))]
         for flags, dtype in [(f, d) for f in builds for d in sizes]:
-            done = subprocess.run([str(builds[flags]), str(tmp / f"{dtype}.gguf"), "--json", "--timing", "--max-loops", "64",
-                                   "--prompts", str(tmp / "prompts.txt")], capture_output=True, text=True, check=True)
-
+            done = subprocess.run([str(builds[flags]), str(tmp / f"{dtype}.gguf"), "--json", "--timing",
+                                   "--max-loops", "64", "--prompts", str(tmp / "prompts.txt")],
+                                  capture_output=True, text=True, check=True)
             timing = dict(kv.split("=") for kv in done.stderr.strip().split(":", 1)[1].split())
             c = [json.loads(line) for line in done.stdout.splitlines()]
             c_traces = [{"ids": [s["id"] for s in x["trace"]], "p": [s["p"] for s in x["trace"]],

@@ -147,8 +147,9 @@ static uint64_t tensor_bytes(const TensorInfo *t) {
     for (uint32_t i = 0; i < t->n_dims; i++) {
         if (t->ne[i] == 0 || t->ne[i] > (1ull << 32)) die("%s: corrupt GGUF: tensor %.*s has dimension %llu", g_file,
                                                          (int)t->name.n, t->name.p, (unsigned long long)t->ne[i]);
+        if (t->ne[i] > (1ull << 40) / n) die("%s: corrupt GGUF: tensor %.*s is too large", g_file, (int)t->name.n,
+                                             t->name.p);
         n *= t->ne[i];
-        if (n > (1ull << 40)) die("%s: corrupt GGUF: tensor %.*s is too large", g_file, (int)t->name.n, t->name.p);
     }
     switch (t->type) {
     case TT_F32: case TT_I32: return n * 4;
@@ -207,8 +208,8 @@ static void gguf_open(Gguf *g, const char *path) {
             if (g->kv[i].type != GT_U32) die("%s: general.alignment is not a uint32", path);
             Cursor a = {g->map, g->size, g->kv[i].off};
             align = rd_u32(&a, "general.alignment");
-            if (!align || (align & (align - 1))) die("%s: general.alignment %llu is not a power of 2", path,
-                                                     (unsigned long long)align);
+            if (align < 4 || (align & (align - 1))) /* 4: f32 weights are read in place */
+                die("%s: general.alignment %llu is not a power of 2 of at least 4", path, (unsigned long long)align);
         }
     g->ti = xcalloc(g->n_ti, sizeof(TensorInfo));
     for (uint64_t i = 0; i < g->n_ti; i++) {

@@ -325,6 +325,15 @@ def test_export_refuses_what_the_runtime_lacks(tmp_path, capsys, overrides, expe
     assert not (tmp_path / "out.gguf").exists()
 
 
+def test_export_command(exported, tmp_path, capsys):
+    _, gguf = exported["mamba2"]
+    out = tmp_path / "cli.gguf"
+    assert main(["export", str(gguf.parent / "run"), str(out), "--dtype", "f16"]) == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "f16" in printed and "core mamba2" in printed and out.stat().st_size > 0
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporary left behind
+
+
 def test_export_checks_its_arguments(exported, tmp_path):
     _, gguf = exported["mamba2"]
     with pytest.raises(RLFError, match="end in .gguf"):

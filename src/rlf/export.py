@@ -28,7 +28,6 @@ from torch import nn
 
 from rlf.errors import RLFError
 
-log = logging.getLogger(__name__)
 
 DTYPES = ("f32", "f16", "q8_0")
 FORMAT_VERSION = 1  # bump when the runtime can no longer read older files
@@ -255,6 +254,7 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "f32", loaded=
     tensors["tokenizer.merge_ids"] = merge_ids
 
     tmp = out.with_name(f".{out.name}.tmp")
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # its INFO line on endianness says nothing to a user
     w = GGUFWriter(str(tmp), arch="rlf")
     w.add_name(f"rlf {Path(run_dir).name}")
     w.add_uint32("rlf.format_version", FORMAT_VERSION)
