@@ -146,6 +146,20 @@ def test_runtime_matches_solve(runtime, exported, name):
     assert traces[0]["halted_at"] >= 0  # the halting loop was compared, not only the loop limit
 
 
+@pytest.mark.parametrize("name", ["mamba2", "transformer"])
+def test_long_prompt_matches_solve(runtime, exported, name):
+    """Past 256 tokens the Python Mamba2 core switches to transformers' chunked scan: the recurrence still agrees."""
+    loaded, gguf = exported[name]
+    prompt = " ".join(f"V{i} = V{i - 1}." for i in range(1, 45)) + " What is V44?"
+    assert 300 < len(loaded.base.tokenize([prompt])[0]) < 512
+    assert_same(c_traces(runtime, gguf, [prompt], "--max-loops", "4")[0], reference(loaded, prompt, 4), prompt)
+    too_long = prompt * 2  # past the base's 512 positions: both refuse, naming the limit
+    with pytest.raises(RLFError, match="longer than the base's limit of 512"):
+        loaded.solve([too_long])
+    done = run_c(runtime, gguf, too_long, check=False)
+    assert done.returncode == 2 and b"longer than the base's limit of 512" in done.stderr
+
+
 @pytest.mark.parametrize("flags,kw", [(["--loop-clamp", "2"], {"loop_clamp": 2}),
                                       (["--gate-scale", "0"], {"gate_scale": 0.0}),
                                       (["--max-loops", "2"], {})])
