@@ -750,6 +750,8 @@ typedef struct {
     Mat embed;
     LlamaLayer *layers;
     const float *out_norm;
+    int n_loop_layers; /* loop_layers: base blocks (LoRA merged) run in the loop before the core */
+    LlamaLayer *loop_layers;
     /* head */
     Mat lm_head;
     const float *head_norm, *halt_row;
@@ -781,6 +783,30 @@ typedef struct {
 
 static int max_i(int a, int b) { return a > b ? a : b; }
 
+/* the tensors of one Llama block, named PREFIX.I.attn_q.weight etc. */
+static void load_llama_layer(const Model *M, const Gguf *g, const char *prefix, int i, LlamaLayer *L) {
+    int d = M->d, qd = M->n_heads * M->head_dim, kvd = M->n_kv * M->head_dim;
+    char name[128];
+#define NM(fmt, ...) (snprintf(name, sizeof name, fmt, prefix, __VA_ARGS__), name)
+    L->attn_norm = get_f32(g, NM("%s.%d.attn_norm.weight", i), d);
+    L->ffn_norm = get_f32(g, NM("%s.%d.ffn_norm.weight", i), d);
+    L->q = get_mat(g, NM("%s.%d.attn_q.weight", i), qd, d);
+    L->k = get_mat(g, NM("%s.%d.attn_k.weight", i), kvd, d);
+    L->v = get_mat(g, NM("%s.%d.attn_v.weight", i), kvd, d);
+    L->o = get_mat(g, NM("%s.%d.attn_output.weight", i), d, qd);
+    L->gate = get_mat(g, NM("%s.%d.ffn_gate.weight", i), M->ffn, d);
+    L->up = get_mat(g, NM("%s.%d.ffn_up.weight", i), M->ffn, d);
+    L->down = get_mat(g, NM("%s.%d.ffn_down.weight", i), d, M->ffn);
+    L->bq = opt_f32(g, NM("%s.%d.attn_q.bias", i), qd);
+    L->bk = opt_f32(g, NM("%s.%d.attn_k.bias", i), kvd);
+    L->bv = opt_f32(g, NM("%s.%d.attn_v.bias", i), kvd);
+    L->bo = opt_f32(g, NM("%s.%d.attn_output.bias", i), d);
+    L->bgate = opt_f32(g, NM("%s.%d.ffn_gate.bias", i), M->ffn);
+    L->bup = opt_f32(g, NM("%s.%d.ffn_up.bias", i), M->ffn);
+    L->bdown = opt_f32(g, NM("%s.%d.ffn_down.bias", i), d);
+#undef NM
+}
+
 static void model_load(Model *M, const Gguf *g) {
     if (!str_eq(meta_str(g, "general.architecture"), "rlf"))
         die("%s: general.architecture is not rlf; this runtime runs files written by `rlf export`", g_file);
@@ -802,31 +828,17 @@ static void model_load(Model *M, const Gguf *g) {
         M->n_heads % M->n_kv || M->head_dim < 2 || M->head_dim % 2 || M->ffn < 1 || M->vocab < 1 ||
         M->vocab > (1 << 24) || M->head_dim > 4096 || M->n_heads > 4096)
         die("%s: implausible base dimensions in the metadata", g_file);
-    int qd = M->n_heads * M->head_dim, kvd = M->n_kv * M->head_dim;
+    int qd = M->n_heads * M->head_dim;
     M->embed = get_mat(g, "token_embd.weight", M->vocab, d);
     M->out_norm = get_f32(g, "output_norm.weight", d);
     M->layers = xcalloc(M->n_layers, sizeof(LlamaLayer));
+    for (int i = 0; i < M->n_layers; i++) load_llama_layer(M, g, "blk", i, &M->layers[i]);
+    M->n_loop_layers = meta_u32(g, "rlf.loop.layers");
+    if (M->n_loop_layers > 1024) die("%s: rlf.loop.layers is implausible", g_file);
+    M->loop_layers = xcalloc(M->n_loop_layers, sizeof(LlamaLayer));
+    for (int i = 0; i < M->n_loop_layers; i++) load_llama_layer(M, g, "loop_blk", i, &M->loop_layers[i]);
     char name[128];
 #define NM(fmt, ...) (snprintf(name, sizeof name, fmt, __VA_ARGS__), name)
-    for (int i = 0; i < M->n_layers; i++) {
-        LlamaLayer *L = &M->layers[i];
-        L->attn_norm = get_f32(g, NM("blk.%d.attn_norm.weight", i), d);
-        L->ffn_norm = get_f32(g, NM("blk.%d.ffn_norm.weight", i), d);
-        L->q = get_mat(g, NM("blk.%d.attn_q.weight", i), qd, d);
-        L->k = get_mat(g, NM("blk.%d.attn_k.weight", i), kvd, d);
-        L->v = get_mat(g, NM("blk.%d.attn_v.weight", i), kvd, d);
-        L->o = get_mat(g, NM("blk.%d.attn_output.weight", i), d, qd);
-        L->gate = get_mat(g, NM("blk.%d.ffn_gate.weight", i), M->ffn, d);
-        L->up = get_mat(g, NM("blk.%d.ffn_up.weight", i), M->ffn, d);
-        L->down = get_mat(g, NM("blk.%d.ffn_down.weight", i), d, M->ffn);
-        L->bq = opt_f32(g, NM("blk.%d.attn_q.bias", i), qd);
-        L->bk = opt_f32(g, NM("blk.%d.attn_k.bias", i), kvd);
-        L->bv = opt_f32(g, NM("blk.%d.attn_v.bias", i), kvd);
-        L->bo = opt_f32(g, NM("blk.%d.attn_output.bias", i), d);
-        L->bgate = opt_f32(g, NM("blk.%d.ffn_gate.bias", i), M->ffn);
-        L->bup = opt_f32(g, NM("blk.%d.ffn_up.bias", i), M->ffn);
-        L->bdown = opt_f32(g, NM("blk.%d.ffn_down.bias", i), d);
-    }
     M->lm_head = meta_u32(g, "rlf.head.tied") ? M->embed : get_mat(g, "head.output.weight", M->vocab, d);
     M->head_norm = get_f32(g, "head.norm.weight", d);
     M->halt_row = get_f32(g, "head.halt.weight", d);
@@ -933,51 +945,68 @@ static void model_load(Model *M, const Gguf *g) {
     init_f16();
 }
 
-/* the base encoder: embeddings -> n_layers Llama blocks -> final norm; out is (T, d) */
-static void encode(const Model *M, const int *ids, int T, float *out) {
-    int d = M->d, hd = M->head_dim, qd = M->n_heads * hd, kvd = M->n_kv * hd, group = M->n_heads / M->n_kv;
-    float *x = out, *xn = xcalloc((size_t)T * d, 4), *q = xcalloc((size_t)T * qd, 4), *k = xcalloc((size_t)T * kvd, 4),
-          *v = xcalloc((size_t)T * kvd, 4), *att = xcalloc((size_t)T * qd, 4), *tmp = xcalloc((size_t)T * d, 4),
-          *h1 = xcalloc((size_t)T * M->ffn, 4), *h2 = xcalloc((size_t)T * M->ffn, 4), *scores = xcalloc(T, 4),
-          *cosv = xcalloc((size_t)T * hd / 2, 4), *sinv = xcalloc((size_t)T * hd / 2, 4);
-    for (int t = 0; t < T; t++) {
-        const float *row = mat_row(M->embed, ids[t], g_rowbuf);
-        memcpy(x + (size_t)t * d, row, d * sizeof(float));
-    }
+/* buffers of Llama blocks over T positions, and the rotary tables of positions 0..T-1 */
+typedef struct { float *xn, *q, *k, *v, *att, *tmp, *h1, *h2, *scores, *cosv, *sinv; } LlamaBufs;
+
+static LlamaBufs llama_bufs(const Model *M, int T) {
+    int d = M->d, hd = M->head_dim, qd = M->n_heads * hd, kvd = M->n_kv * hd;
+    LlamaBufs b = {xcalloc((size_t)T * d, 4), xcalloc((size_t)T * qd, 4), xcalloc((size_t)T * kvd, 4),
+                   xcalloc((size_t)T * kvd, 4), xcalloc((size_t)T * qd, 4), xcalloc((size_t)T * d, 4),
+                   xcalloc((size_t)T * M->ffn, 4), xcalloc((size_t)T * M->ffn, 4), xcalloc(T, 4),
+                   xcalloc((size_t)T * hd / 2, 4), xcalloc((size_t)T * hd / 2, 4)};
     for (int t = 0; t < T; t++) /* rotate_half rotary embedding, as transformers' Llama: pairs (i, i + hd/2) */
         for (int i = 0; i < hd / 2; i++) {
             float inv = 1.0f / powf(M->rope_theta, (float)(2 * i) / (float)hd), a = (float)t * inv;
-            cosv[t * hd / 2 + i] = cosf(a);
-            sinv[t * hd / 2 + i] = sinf(a);
+            b.cosv[t * hd / 2 + i] = cosf(a);
+            b.sinv[t * hd / 2 + i] = sinf(a);
         }
-    for (int l = 0; l < M->n_layers; l++) {
-        const LlamaLayer *L = &M->layers[l];
-        for (int t = 0; t < T; t++) rmsnorm(xn + (size_t)t * d, x + (size_t)t * d, L->attn_norm, d, M->rms_eps);
-        matmul(q, xn, T, L->q, L->bq);
-        matmul(k, xn, T, L->k, L->bk);
-        matmul(v, xn, T, L->v, L->bv);
-        for (int t = 0; t < T; t++)
-            for (int h = 0; h < M->n_heads + M->n_kv; h++) {
-                float *p = h < M->n_heads ? q + (size_t)t * qd + h * hd : k + (size_t)t * kvd + (h - M->n_heads) * hd;
-                for (int i = 0; i < hd / 2; i++) {
-                    float c = cosv[t * hd / 2 + i], s = sinv[t * hd / 2 + i], a = p[i], b = p[i + hd / 2];
-                    p[i] = a * c - b * s;
-                    p[i + hd / 2] = b * c + a * s;
-                }
+    return b;
+}
+static void free_llama_bufs(LlamaBufs *b) {
+    free(b->xn); free(b->q); free(b->k); free(b->v); free(b->att); free(b->tmp); free(b->h1); free(b->h2);
+    free(b->scores); free(b->cosv); free(b->sinv);
+}
+
+/* one Llama block on x (T, d), causal, positions 0..T-1: x += attn(norm(x)); x += mlp(norm(x)) */
+static void llama_block(const Model *M, const LlamaLayer *L, float *x, int T, LlamaBufs *b) {
+    int d = M->d, hd = M->head_dim, qd = M->n_heads * hd, kvd = M->n_kv * hd, group = M->n_heads / M->n_kv;
+    for (int t = 0; t < T; t++) rmsnorm(b->xn + (size_t)t * d, x + (size_t)t * d, L->attn_norm, d, M->rms_eps);
+    matmul(b->q, b->xn, T, L->q, L->bq);
+    matmul(b->k, b->xn, T, L->k, L->bk);
+    matmul(b->v, b->xn, T, L->v, L->bv);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < M->n_heads + M->n_kv; h++) {
+            float *p = h < M->n_heads ? b->q + (size_t)t * qd + h * hd : b->k + (size_t)t * kvd + (h - M->n_heads) * hd;
+            for (int i = 0; i < hd / 2; i++) {
+                float c = b->cosv[t * hd / 2 + i], s = b->sinv[t * hd / 2 + i], u = p[i], w = p[i + hd / 2];
+                p[i] = u * c - w * s;
+                p[i + hd / 2] = w * c + u * s;
             }
-        for (int h = 0; h < M->n_heads; h++)
-            attend(att + h * hd, q + h * hd, k + (h / group) * hd, v + (h / group) * hd, T, hd, qd, kvd, qd, scores);
-        matmul(tmp, att, T, L->o, L->bo);
-        for (size_t i = 0; i < (size_t)T * d; i++) x[i] += tmp[i];
-        for (int t = 0; t < T; t++) rmsnorm(xn + (size_t)t * d, x + (size_t)t * d, L->ffn_norm, d, M->rms_eps);
-        matmul(h1, xn, T, L->gate, L->bgate);
-        matmul(h2, xn, T, L->up, L->bup);
-        for (size_t i = 0; i < (size_t)T * M->ffn; i++) h1[i] = silu(h1[i]) * h2[i];
-        matmul(tmp, h1, T, L->down, L->bdown);
-        for (size_t i = 0; i < (size_t)T * d; i++) x[i] += tmp[i];
+        }
+    for (int h = 0; h < M->n_heads; h++) /* grouped-query: query head h reads key-value head h / group */
+        attend(b->att + h * hd, b->q + h * hd, b->k + (h / group) * hd, b->v + (h / group) * hd, T, hd, qd, kvd, qd,
+               b->scores);
+    matmul(b->tmp, b->att, T, L->o, L->bo);
+    for (size_t i = 0; i < (size_t)T * d; i++) x[i] += b->tmp[i];
+    for (int t = 0; t < T; t++) rmsnorm(b->xn + (size_t)t * d, x + (size_t)t * d, L->ffn_norm, d, M->rms_eps);
+    matmul(b->h1, b->xn, T, L->gate, L->bgate);
+    matmul(b->h2, b->xn, T, L->up, L->bup);
+    for (size_t i = 0; i < (size_t)T * M->ffn; i++) b->h1[i] = silu(b->h1[i]) * b->h2[i];
+    matmul(b->tmp, b->h1, T, L->down, L->bdown);
+    for (size_t i = 0; i < (size_t)T * d; i++) x[i] += b->tmp[i];
+}
+
+/* the base encoder: embeddings -> n_layers Llama blocks -> final norm; out is (T, d) */
+static void encode(const Model *M, const int *ids, int T, float *out) {
+    int d = M->d;
+    LlamaBufs b = llama_bufs(M, T);
+    for (int t = 0; t < T; t++) {
+        const float *row = mat_row(M->embed, ids[t], g_rowbuf);
+        memcpy(out + (size_t)t * d, row, d * sizeof(float));
     }
-    for (int t = 0; t < T; t++) rmsnorm(x + (size_t)t * d, x + (size_t)t * d, M->out_norm, d, M->rms_eps);
-    free(xn); free(q); free(k); free(v); free(att); free(tmp); free(h1); free(h2); free(scores); free(cosv); free(sinv);
+    for (int l = 0; l < M->n_layers; l++) llama_block(M, &M->layers[l], out, T, &b);
+    for (int t = 0; t < T; t++) rmsnorm(out + (size_t)t * d, out + (size_t)t * d, M->out_norm, d, M->rms_eps);
+    free_llama_bufs(&b);
 }
 
 /* every buffer the loop needs for a sequence of S rows, allocated once per prompt */
@@ -1084,6 +1113,8 @@ static int solve(const Model *M, const float *xp, int T, int max_loops, int clam
     int d = M->d, K = M->scratch, S = K + T;
     float *x = xcalloc((size_t)S * d, 4);
     LoopBufs b = loop_bufs(M, S);
+    LlamaBufs lb;
+    if (M->n_loop_layers) lb = llama_bufs(M, S);
     for (int r = 0; r < K; r++) memcpy(x + (size_t)r * d, M->scratchpad + (size_t)r * d, d * sizeof(float));
     memcpy(x + (size_t)K * d, xp, (size_t)T * d * sizeof(float));
     int n = 0;
@@ -1108,6 +1139,7 @@ static int solve(const Model *M, const float *xp, int T, int max_loops, int clam
             for (int r = 0; r < S; r++)
                 for (int j = 0; j < d; j++) x[(size_t)r * d + j] += e[j];
         }
+        for (int l = 0; l < M->n_loop_layers; l++) llama_block(M, &M->loop_layers[l], x, S, &lb);
         const float *core_in = x, *upd = b.upd;
         if (M->narrow) { /* core_dim: down (d -> k), the core at width k, up (k -> d) */
             matmul(b.xc, x, S, M->core_down, NULL);
@@ -1146,6 +1178,7 @@ static int solve(const Model *M, const float *xp, int T, int max_loops, int clam
         if (top == M->vocab) break;
     }
     free_bufs(&b);
+    if (M->n_loop_layers) free_llama_bufs(&lb);
     free(x);
     return n;
 }

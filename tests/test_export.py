@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from rlf.base import load_base
 from rlf.cache import apply_template
 from rlf.cli import main
 from rlf.config import load_config
@@ -43,6 +44,7 @@ VARIANTS = {  # name -> overrides of the tiny preset: each core, then every loop
                             "lifeline=scalar", "train_head=true"],
     "mamba2-options": ["core=mamba2", "scratchpad=3", "loop_pos=none", "lifeline=none"],
     "mamba2-narrow": ["core=mamba2"],
+    "transformer-looped": ["core=transformer", "encoder_layers=1", "loop_layers=1", "scratchpad=2"],
     "transformer-narrow": ["core=transformer"],
 }
 NARROW = {"mamba2-narrow": 32, "transformer-narrow": 32}  # the core looped at width 32 < d = 64 (core_dim)
@@ -115,13 +117,16 @@ def make_halt_at_loop3(loaded, run: Path, max_loops: int) -> None:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_llama, cache_dir) -> dict:
     """name -> (LoadedRun, exported f32 GGUF) for every variant: trained 2 steps, then every weight perturbed so
-    the core, gate and options matter (a 2-step core is almost the identity)."""
+    the core, gate, LoRA and options matter (a 2-step core is almost the identity, LoRA B starts at zero)."""
     out = {}
     for seed, (name, overrides) in enumerate(VARIANTS.items()):
         run = tmp_path_factory.mktemp(name) / "run"
         torch.set_num_threads(1)
-        train(load_config("tiny", [*SMALL, *overrides, f"cache_dir={cache_dir}"]), run, progress=False, base=tiny_llama)
-        loaded = load_run(run, device="cpu", base=tiny_llama)
+        base = tiny_llama
+        if "loop_layers=1" in overrides:  # the seeds' recipe: block 0 encoded once, block 1 (with LoRA) in the loop
+            base = load_base("tiny-llama", encoder_layers=1, loop_layers=1)
+        train(load_config("tiny", [*SMALL, *overrides, f"cache_dir={cache_dir}"]), run, progress=False, base=base)
+        loaded = load_run(run, device="cpu", base=base)
         if name in NARROW:
             torch.manual_seed(seed)
             loaded.model.core = NarrowCore(loaded.config.core, loaded.model.cfg.d_model, NARROW[name]).eval()
@@ -326,9 +331,8 @@ def test_runtime_refuses_bad_options(runtime, exported):
         assert done.returncode == 2 and expect in done.stderr.decode(), (args, done.stderr)
 
 
-@pytest.mark.parametrize("overrides,expect", [(["core=mamba1"], "core=mamba1"),
-                                              (["encoder_layers=1", "loop_layers=1"], "loop_layers=1"),
-                                              (["base=tiny-gpt2"], "tiny-gpt2")])
+@pytest.mark.parametrize("overrides,expect", [(["core=mamba1"], "core=mamba1"), (["base=tiny-gpt2"], "tiny-gpt2"),
+                                              (["base=tiny-mamba2"], "tiny-mamba2")])
 def test_export_refuses_what_the_runtime_lacks(tmp_path, capsys, overrides, expect):
     run = tmp_path / "run"
     run.mkdir()

@@ -4,6 +4,7 @@ What goes in (tensor names are ours, documented here and read by name in runtime
 
     token_embd.weight, blk.N.{attn_norm,attn_q,attn_k,attn_v,attn_output,ffn_norm,ffn_gate,ffn_up,ffn_down}.weight,
     output_norm.weight                      the base's first `encoder_layers` Llama blocks and its final norm
+    loop_blk.N.*                            with loop_layers=M: the next M blocks, LoRA merged into the weights
     head.norm.weight, head.halt.weight      the head's norm (the base's final norm, or the trained copy) and the
     head.output.weight                      <HALT> row; the LM head only when it is not token_embd (train_head)
     loop.gate, loop.norm.weight, loop.pos_embd, loop.scratchpad, loop.bridge_down.weight, loop.bridge_up.weight
@@ -36,9 +37,6 @@ QK8_0 = 32  # q8_0 block: one f16 scale and 32 int8 values
 
 def check_exportable(cfg, base_type: str) -> None:
     """Refuse, naming the option, what runtime/rlf.c does not implement."""
-    if cfg.loop_layers:
-        raise RLFError(f"rlf export: loop_layers={cfg.loop_layers} is not supported by the C runtime (it runs the "
-                       "core alone in the loop); export a run trained with loop_layers=0")
     if cfg.core not in ("mamba2", "transformer"):
         raise RLFError(f"rlf export: core={cfg.core} is not supported by the C runtime; use core=mamba2 or "
                        "core=transformer")
@@ -121,21 +119,35 @@ def _f32(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
+LLAMA_LINEARS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                 "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                 "ffn_down": "mlp.down_proj"}
+
+
+def _llama_layers(layers, prefix: str) -> dict[str, torch.Tensor]:
+    """PREFIX.N.* for Llama decoder layers; a LoRA-adapted linear is stored merged (W + scale * B A)."""
+    out = {}
+    for i, layer in enumerate(layers):
+        out[f"{prefix}.{i}.attn_norm.weight"] = layer.input_layernorm.weight
+        out[f"{prefix}.{i}.ffn_norm.weight"] = layer.post_attention_layernorm.weight
+        for short, path in LLAMA_LINEARS.items():
+            lin = layer.get_submodule(path)
+            base = getattr(lin, "base_layer", lin)
+            weight = base.weight
+            if base is not lin:  # peft lora.Linear
+                if getattr(lin, "use_dora", {}).get("default", False):
+                    raise RLFError("rlf export: the loop layers use DoRA adapters, which the exporter cannot merge")
+                weight = weight.detach() + sum(lin.get_delta_weight(a) for a in lin.active_adapters)
+            out[f"{prefix}.{i}.{short}.weight"] = weight
+            if base.bias is not None:
+                out[f"{prefix}.{i}.{short}.bias"] = base.bias
+    return out
+
+
 def _base_tensors(base) -> dict[str, torch.Tensor]:
     m = base.model.base_model
     out = {"token_embd.weight": m.embed_tokens.weight, "output_norm.weight": m.norm.weight}
-    names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-             "ffn_down": "mlp.down_proj"}
-    for i, layer in enumerate(m.layers):
-        out[f"blk.{i}.attn_norm.weight"] = layer.input_layernorm.weight
-        out[f"blk.{i}.ffn_norm.weight"] = layer.post_attention_layernorm.weight
-        for short, path in names.items():
-            lin = layer.get_submodule(path)
-            out[f"blk.{i}.{short}.weight"] = lin.weight
-            if lin.bias is not None:
-                out[f"blk.{i}.{short}.bias"] = lin.bias
-    return out
+    return out | _llama_layers(m.layers, "blk")
 
 
 def _core_tensors(core, kind: str) -> tuple[dict[str, torch.Tensor], nn.Module, int]:
@@ -234,6 +246,8 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "f32", loaded=
     meta_tok, merge_ids = tokenizer_metadata(base.tokenizer, V)
 
     tensors = {k: _f32(v) for k, v in _base_tensors(base).items()}
+    if model.cfg.loop_layers:  # the base's next blocks inside the loop, LoRA merged into their weights
+        tensors |= {k: _f32(v) for k, v in _llama_layers(model.looped_layers.layers, "loop_blk").items()}
     tied = torch.equal(model.lm_head.detach().float().cpu(), base.model.get_input_embeddings().weight.float().cpu())
     if not tied:
         tensors["head.output.weight"] = _f32(model.lm_head)
@@ -269,7 +283,8 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "f32", loaded=
             "rlf.base.head_dim": getattr(bc, "head_dim", None) or d // n_heads,
             "rlf.base.ffn_dim": bc.intermediate_size, "rlf.base.max_positions": bc.max_position_embeddings,
             "rlf.vocab_size": V, "rlf.head.tied": int(tied), "rlf.loop.max_loops": model.cfg.max_loops,
-            "rlf.loop.scratchpad": model.cfg.scratchpad, "rlf.loop.bridge_rank": model.cfg.bridge_rank}
+            "rlf.loop.scratchpad": model.cfg.scratchpad, "rlf.loop.layers": model.cfg.loop_layers,
+            "rlf.loop.bridge_rank": model.cfg.bridge_rank}
     floats = {"rlf.base.rms_eps": bc.rms_norm_eps, "rlf.base.rope_theta": float(rope["rope_theta"]),
               "rlf.head.norm_eps": _eps(model.final_norm), "rlf.loop.norm_eps": _eps(model.loop_norm),
               "rlf.loop.rope_base": 10000.0}
