@@ -12,7 +12,9 @@
  *     for i in 0, 1, ...:
  *         x = x + gate * x_prompt                        Prompt Lifeline
  *         x = loop_position(x, min(i, clamp))            rotary (interleaved pairs) or learned table
- *         x = loop_norm(x + core(x))                     Mamba2 (recurrent scan) or 2-layer causal Transformer
+ *         x = looped_blocks(x)                           loop_layers=M: the base's next M blocks, LoRA merged
+ *         x = loop_norm(x + core(x))                     Mamba2 (recurrent scan) or 2-layer causal Transformer,
+ *                                                        at width d or between d -> k -> d maps (core_dim=k)
  *         p = softmax([lm_head; halt_row] . head_norm(bridge(x[answer])))
  *         print loop, top-1 token, p, p(HALT); stop at <HALT>
  *
