@@ -12,6 +12,7 @@ from rlf.errors import RLFError
 def build_parser() -> argparse.ArgumentParser:
     from rlf.bench import add_bench_parser
     from rlf.eval_cli import add_demo_parser, add_eval_parser, add_probe_parser
+    from rlf.export import add_export_parser
     from rlf.tasks.cli import add_data_parser
 
     parser = argparse.ArgumentParser(prog="rlf", description="Recursive Latent Forcing")
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_probe_parser(sub)
     add_demo_parser(sub)
     add_bench_parser(sub)
+    add_export_parser(sub)
 
     p = sub.add_parser("encode", help="encode a JSONL file of prompts with the frozen base into the cache")
     p.add_argument("file", help="JSONL with a `prompt` field per line")
