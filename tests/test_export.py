@@ -15,13 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from rlf.base import load_base
 from rlf.cache import apply_template
 from rlf.cli import main
 from rlf.config import load_config
-from rlf.cores import build_core
 from rlf.errors import RLFError
 from rlf.export import build_runtime, export_run, find_compiler
 from rlf.model import trainable_parameters
@@ -43,26 +41,10 @@ VARIANTS = {  # name -> overrides of the tiny preset: each core, then every loop
     "transformer-options": ["core=transformer", "scratchpad=2", "bridge_rank=4", "loop_pos=learned", "max_loops=4",
                             "lifeline=scalar", "train_head=true"],
     "mamba2-options": ["core=mamba2", "scratchpad=3", "loop_pos=none", "lifeline=none"],
-    "mamba2-narrow": ["core=mamba2"],
+    "mamba2-narrow": ["core=mamba2", "core_dim=32"],  # the core looped at width 32 < d = 64
     "transformer-looped": ["core=transformer", "encoder_layers=1", "loop_layers=1", "scratchpad=2"],
-    "transformer-narrow": ["core=transformer"],
+    "transformer-narrow": ["core=transformer", "core_dim=32"],
 }
-NARROW = {"mamba2-narrow": 32, "transformer-narrow": 32}  # the core looped at width 32 < d = 64 (core_dim)
-
-
-class NarrowCore(nn.Module):
-    """A core looped at width k between d -> k and k -> d maps: the shape of a `core_dim=k` run's core."""
-
-    def __init__(self, kind: str, d: int, k: int):
-        super().__init__()
-        self.down = nn.Linear(d, k, bias=False)
-        self.inner = build_core(kind, k)
-        self.up = nn.Linear(k, d, bias=False)
-
-    def forward(self, x):
-        return self.up(self.inner(self.down(x)))
-
-
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory) -> Path:
     return build_runtime(tmp_path_factory.mktemp("bin") / "rlf-run")
@@ -127,9 +109,6 @@ def exported(tmp_path_factory, tiny_llama, cache_dir) -> dict:
             base = load_base("tiny-llama", encoder_layers=1, loop_layers=1)
         train(load_config("tiny", [*SMALL, *overrides, f"cache_dir={cache_dir}"]), run, progress=False, base=base)
         loaded = load_run(run, device="cpu", base=base)
-        if name in NARROW:
-            torch.manual_seed(seed)
-            loaded.model.core = NarrowCore(loaded.config.core, loaded.model.cfg.d_model, NARROW[name]).eval()
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in trainable_parameters(loaded.model).values():
@@ -331,7 +310,8 @@ def test_runtime_refuses_bad_options(runtime, exported):
         assert done.returncode == 2 and expect in done.stderr.decode(), (args, done.stderr)
 
 
-@pytest.mark.parametrize("overrides,expect", [(["core=mamba1"], "core=mamba1"), (["base=tiny-gpt2"], "tiny-gpt2"),
+@pytest.mark.parametrize("overrides,expect", [(["core=mamba1"], "core=mamba1"), (["core=llama"], "core=llama"),
+                                              (["feedback=true"], "feedback=true"), (["base=tiny-gpt2"], "tiny-gpt2"),
                                               (["base=tiny-mamba2"], "tiny-mamba2")])
 def test_export_refuses_what_the_runtime_lacks(tmp_path, capsys, overrides, expect):
     run = tmp_path / "run"

@@ -110,8 +110,8 @@ def add_sweep_parser(bench_sub) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from rlf.sweep import read_sweep, run_sweep
+    from rlf.sweep import run_sweep
 
-    run_sweep(args.sweep, only=[s.strip() for s in args.only.split(",")] if args.only else None)
-    print(f"log: {read_sweep(args.sweep)['docs']}")
+    res = run_sweep(args.sweep, only=[s.strip() for s in args.only.split(",")] if args.only else None)
+    print(f"log: {res['docs']}")
     return 0

@@ -170,8 +170,9 @@ def run_sweep(path: str | Path, only: list[str] | None = None) -> dict:
         tmp.write_text(json.dumps(log_data, indent=1))  # after every variant: an interruption keeps it
         os.replace(tmp, results_path)
         Path(spec["docs"]).write_text(render_sweep(log_data, spec))
+    log_data = json.loads(results_path.read_text()) if results_path.is_file() else log_data
     Path(spec["docs"]).write_text(render_sweep(log_data, spec))
-    return log_data
+    return {**log_data, "docs": spec["docs"]}
 
 
 def _cell(m: dict | None) -> str:
