@@ -82,3 +82,26 @@ def test_train_or_reuse_reads_a_config_saved_before_a_key_existed(tmp_path, monk
     assert train_or_reuse(cfg, tmp_path, base=None) == {"steps": 7}
     with pytest.raises(RLFError, match="another config"):
         train_or_reuse(load_config("tiny", ["lr=0.1"]), tmp_path, base=None)
+
+
+def test_train_or_reuse_resumes_an_unfinished_run_with_another_length(tmp_path, monkeypatch):
+    """An interrupted run resumes under a changed max_steps (how long is not what is trained); a finished one
+    is reused only with exactly its config, and an unfinished one still refuses a change of what is trained."""
+    from rlf.config import load_config
+    from rlf.train import train_or_reuse
+
+    cfg = load_config("tiny", [])
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "state.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr("rlf.train.train", lambda c, out, resume, base: calls.append((c.max_steps, resume)) or {})
+    train_or_reuse(load_config("tiny", ["max_steps=120"]), tmp_path)
+    assert calls == [(120, True)]
+    with pytest.raises(RLFError, match="another config"):
+        train_or_reuse(load_config("tiny", ["lr=0.1"]), tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "summary.json").write_text(json.dumps({"steps": 400}))
+    with pytest.raises(RLFError, match="another config"):
+        train_or_reuse(load_config("tiny", ["max_steps=120"]), tmp_path)
+    assert train_or_reuse(cfg, tmp_path) == {"steps": 400}

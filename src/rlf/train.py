@@ -526,10 +526,15 @@ def train_or_reuse(cfg: TrainConfig, out: Path, base: Base | None = None) -> dic
     """Train into `out`; reuse a finished run with the same config, resume an unfinished one.
 
     The saved config is read as a TrainConfig, so a run saved before a config key existed (the key at its default)
-    is the same config."""
-    if (out / "config.json").is_file() and read_run_config(out).to_dict() != cfg.to_dict():
-        raise RLFError(f"{out} holds a run with another config; use another --out or remove it")
-    if (out / "model.safetensors").is_file() and (out / "summary.json").is_file():
+    is the same config. A finished run is reused only with exactly its config; an unfinished one also resumes
+    with a change of how long, where or how often (the keys `TrainConfig.digest` leaves out), e.g. a lower
+    max_steps to end an interrupted run where its last checkpoint stands."""
+    finished = (out / "model.safetensors").is_file() and (out / "summary.json").is_file()
+    if (out / "config.json").is_file():
+        saved = read_run_config(out)
+        if saved.to_dict() != cfg.to_dict() if finished else saved.digest() != cfg.digest():
+            raise RLFError(f"{out} holds a run with another config; use another --out or remove it")
+    if finished:
         log.info("reusing the trained run in %s", out)
         return json.loads((out / "summary.json").read_text())
     if (out / "config.json").is_file() and latest_checkpoint(out) is None:
