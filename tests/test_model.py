@@ -235,29 +235,3 @@ def test_ablation_sources():
         assert (noise[b, n:] == 0).all()
     assert not torch.equal(shuffled[0], x[0])
 
-
-@pytest.mark.parametrize("core", ["mamba2", "transformer"])
-def test_feedback_shows_the_answer_state_to_earlier_positions_from_the_next_loop_on(core):
-    """A causal core never lets the answer position (last) reach earlier positions; with feedback=True its state
-    is put before the prompt each loop (at loop 1 the answer position's own encoding), so the first prompt position
-    depends on the last token."""
-    x, lengths = prompts(B=2)
-    lengths = torch.tensor([12, 12])
-    x2 = x.clone()
-    x2[:, -1] += torch.randn_like(x2[:, -1])  # change only the answer position's encoding
-    for feedback in (False, True):
-        m = make(core, feedback=feedback)
-        perturb(m)
-        states = []
-        for inp in (x, x2):
-            s, answer_pos = m._start(inp, lengths)
-            assert answer_pos.tolist() == [11 + m.prefix] * 2
-            for i in range(2):
-                s = m.feed_back(m.step(s, inp, i), answer_pos)
-                states.append(s[:, m.prefix])  # the first prompt position after loop i
-        loop1_same = torch.allclose(states[0], states[2], atol=1e-6)
-        loop2_same = torch.allclose(states[1], states[3], atol=1e-6)
-        assert loop1_same == loop2_same == (not feedback)  # without it, causal: nothing ever flows backwards
-        logits = m(x, lengths, 3)
-        assert logits.shape == (2, 3, V + 1)
-        assert torch.equal(m.solve(x, lengths, 3, min_loops=3)["tokens"][:, 0], logits.argmax(-1)[:, 0])

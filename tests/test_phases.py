@@ -12,7 +12,7 @@ from rlf.errors import RLFError
 from rlf.tasks import read_jsonl
 from rlf.train import phase_at, phase_plan, train
 
-PHASES = "phases=[{name: warm, steps: 4, overrides: {hops: '1', lr: 0.01, distractors: 0}}, {name: main}]"
+PHASES = "phases=[{name: warm, steps: 4, overrides: {hops: '1', lr: 0.01, distractors: 0, n_train: 32}}, {name: main}]"
 
 
 def two_phase(cache_dir, *extra):
@@ -36,7 +36,8 @@ def test_a_two_phase_run_trains_each_phase_on_its_own_data_and_schedule(referenc
     assert [r["phase"] for r in recs] == ["warm"] * 4 + ["main"] * 6
     assert recs[0]["lr"] == pytest.approx(0.01 / 20)  # the warm phase's own lr, first of tiny's 20 warmup steps
     assert {ex.hops for ex in read_jsonl(run / "train.warm.jsonl")} == {1}
-    assert all(ex.meta["distractors"] == 0 for ex in read_jsonl(run / "train.warm.jsonl"))
+    warm = read_jsonl(run / "train.warm.jsonl")
+    assert len(warm) == 32 and all(ex.meta["distractors"] == 0 for ex in warm)
     assert {ex.hops for ex in read_jsonl(run / "train.jsonl")} == {1, 2, 3}
     assert json.loads((run / "summary.json").read_text())["steps"] == 10
 
@@ -77,7 +78,7 @@ def test_a_finished_phase_is_not_rerun(reference, tmp_path, tiny_llama, monkeypa
     order = rlf.train.batch_order
     monkeypatch.setattr(rlf.train, "batch_order", lambda sizes, *a, **k: seen.append(len(sizes)) or order(sizes, *a, **k))
     train(two_phase(cache, "max_steps=12"), run, resume=True, progress=False, base=tiny_llama)
-    assert len(seen) == 2 and set(seen) == {64}  # only main's data (64 examples), steps 10 and 11
+    assert len(seen) == 2 and set(seen) == {64}  # only main's data (64 examples; warm has 32), steps 10 and 11
 
 
 def test_phase_plan_spans_and_overrides():
@@ -116,7 +117,8 @@ def test_copy_warmup_supervises_each_sampled_position_with_its_own_token(tiny_ll
     prompts = ["K = moon. P = K. What is P?\nAnswer:", "A = sun. What is A?\nAnswer:"]
     ids = tiny_llama.tokenize(prompts)
     x, lengths = tiny_llama.encode_ids(ids)
-    loss, stats = copy_loss(model, x, lengths, ids, 5, torch.Generator().manual_seed(0))
+    flat, starts = torch.tensor(ids[0] + ids[1]), torch.tensor([0, len(ids[0])])
+    loss, stats = copy_loss(model, x, lengths, flat, starts, 5, torch.Generator().manual_seed(0))
     pos = (torch.rand(2, 5, generator=torch.Generator().manual_seed(0)) * lengths[:, None].float()).long()
     assert (pos < lengths[:, None]).all() and len(ids[1]) < len(ids[0])  # never a padding position
     state = model.step(x, x, 0)

@@ -41,13 +41,12 @@ class TrainConfig:
     train_file: str | None = None
     val_file: str | None = None
     # model (see rlf.model.RLFConfig)
-    core: Literal["mamba2", "transformer", "mamba1", "llama"] = "mamba2"
+    core: Literal["mamba2", "transformer", "mamba1"] = "mamba2"
     lifeline: Literal["vector", "scalar", "none"] = "vector"
     loop_pos: Literal["rope", "learned", "none"] = "rope"
     max_loops: int = 16
     train_head: bool = False
     scratchpad: int = 0
-    feedback: bool = False  # a slot before the prompt carrying the previous loop's answer state (causal cores)
     bridge_rank: int = 0
     core_dim: int = 0  # the core's width: 0 = the base's; k < d loops a k-wide core between d->k and k->d maps
     chunk_size: int = 64
@@ -110,9 +109,11 @@ class TrainConfig:
 
 _HINTS = typing.get_type_hints(TrainConfig)
 
+# the keys that make a training set: a phase that sets any of them trains on data of its own
+DATA_KEYS = ("task", "order", "distractors", "name_pool", "value_pool", "hops", "n_train", "data_seed", "train_file")
 # what a phase may change: the data, the supervision and the optimisation, never a parameter's shape or the encoder
-PHASE_KEYS = ("copy_positions", "task", "order", "distractors", "name_pool", "value_pool", "hops", "n_train", "data_seed", "train_file",
-              "supervision", "extra_halt_loops", "lr", "weight_decay", "warmup_steps", "grad_clip", "batch_size")
+PHASE_KEYS = (*DATA_KEYS, "supervision", "copy_positions", "extra_halt_loops", "lr", "weight_decay", "warmup_steps",
+              "grad_clip", "batch_size")
 
 
 def check_phases(phases: list, max_steps: int) -> list[dict]:
@@ -156,10 +157,7 @@ def check_phases(phases: list, max_steps: int) -> list[dict]:
             if k not in PHASE_KEYS:
                 raise RLFError(f"{where}: key {k!r} cannot change between phases; a phase may set "
                                f"{', '.join(PHASE_KEYS)}")
-            if isinstance(v, str) and str not in (typing.get_args(_HINTS[k]) or (_HINTS[k],)):
-                v = _parse_value(k, v)
-            _check_type(k, v, None, where)
-            _check_value(k, v, where)
+            v = _file_value(k, v, where)
             overrides[k] = float(v) if float in (typing.get_args(_HINTS[k]) or (_HINTS[k],)) and type(v) is int else v
         out.append({"name": name, **({"steps": steps} if "steps" in ph else {}), "overrides": overrides})
     return out
@@ -183,8 +181,8 @@ def _check_type(name: str, value, declared, where: str) -> None:
         raise RLFError(f"{where}: {name}={value!r}: expected {names}")
 
 
-_POSITIVE = ("copy_positions", "n_train", "n_val", "batch_size", "max_steps", "val_every", "ckpt_every", "log_every", "max_loops",
-             "chunk_size", "max_bad_steps", "encoder_layers", "lr", "grad_clip", "lora_rank", "lora_alpha")
+_POSITIVE = ("copy_positions", "n_train", "n_val", "batch_size", "max_steps", "val_every", "ckpt_every", "log_every",
+             "max_loops", "chunk_size", "max_bad_steps", "encoder_layers", "lr", "grad_clip", "lora_rank", "lora_alpha")
 _NON_NEGATIVE = ("core_dim", "distractors", "scratchpad", "bridge_rank", "loop_layers", "warmup_steps",
                  "extra_halt_loops", "early_stop_patience", "weight_decay")
 
@@ -234,6 +232,16 @@ def _parse_value(name: str, text: str):
     return text
 
 
+def _file_value(key: str, value, where: str):
+    """A value read from YAML, checked: text for a non-text key is parsed as an override would be (YAML reads
+    `1e-3` as text), then its type and range are checked."""
+    if isinstance(value, str) and str not in (typing.get_args(_HINTS[key]) or (_HINTS[key],)):
+        value = _parse_value(key, value)
+    _check_type(key, value, None, where)
+    _check_value(key, value, where)
+    return value
+
+
 def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("rlf.configs").iterdir() if p.name.endswith(".yaml"))
 
@@ -272,11 +280,7 @@ def load_config(preset: str | None = "default", overrides: list[str] | tuple = (
         for k, v in data.items():
             if k not in known:
                 raise RLFError(f"{where}: unknown key {k!r}; valid keys: {', '.join(sorted(known))}")
-            if isinstance(v, str) and str not in (typing.get_args(_HINTS[k]) or (_HINTS[k],)):
-                v = _parse_value(k, v)  # YAML reads `1e-3` as text; treat it as an override would
-            _check_type(k, v, None, where)
-            _check_value(k, v, where)
-            values[k] = v
+            values[k] = _file_value(k, v, where)
     for item in overrides:
         if "=" not in item:
             raise RLFError(f"override {item!r}: write key=value (e.g. lr=1e-3)")

@@ -40,9 +40,6 @@ def check_exportable(cfg, base_type: str) -> None:
     if cfg.core not in ("mamba2", "transformer"):
         raise RLFError(f"rlf export: core={cfg.core} is not supported by the C runtime; use core=mamba2 or "
                        "core=transformer")
-    if cfg.feedback:
-        raise RLFError("rlf export: feedback=true (the answer state fed back before the prompt) is not implemented "
-                       "in the C runtime")
     if base_type != "llama":
         raise RLFError(f"rlf export: base={cfg.base} is a {base_type} model; the C runtime runs Llama bases only "
                        "(smollm2-135m, tiny-llama, or another Llama checkpoint)")

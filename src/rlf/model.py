@@ -30,13 +30,12 @@ SOLVE_LOOPS = 64  # the default loop limit of `solve`: enough for 62 hops (62 po
 class RLFConfig:
     d_model: int
     vocab_size: int  # the base vocabulary; the <HALT> id is vocab_size
-    core: Literal["mamba2", "transformer", "mamba1", "llama"] = "mamba2"
+    core: Literal["mamba2", "transformer", "mamba1"] = "mamba2"
     lifeline: Literal["vector", "scalar", "none"] = "vector"
     loop_pos: Literal["rope", "learned", "none"] = "rope"
     max_loops: int = 16  # rows of the `learned` table: loop i uses row min(i, max_loops - 1)
     train_head: bool = False  # fine-tune the base LM head and final norm (else frozen; the HALT row always trains)
     scratchpad: int = 0  # K learned memory tokens prepended to the sequence (0 = off)
-    feedback: bool = False  # a slot before the prompt holding the previous loop's answer-position state
     bridge_rank: int = 0  # low-rank bridge x + up(down(x)) before the head (0 = off)
     core_dim: int = 0  # the core's width k: down-project d -> k, loop the core in k, up-project (0 = d)
     chunk_size: int = 64  # Mamba2 scan chunk: ~ the prompt length on CPU, where the scan pads to whole chunks
@@ -45,8 +44,8 @@ class RLFConfig:
     lora_alpha: float = 16.0
 
     def __post_init__(self):
-        for name, valid in (("core", ("mamba2", "transformer", "mamba1", "llama")),
-                            ("lifeline", ("vector", "scalar", "none")), ("loop_pos", ("rope", "learned", "none"))):
+        for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
+                            ("loop_pos", ("rope", "learned", "none"))):
             if getattr(self, name) not in valid:
                 raise RLFError(f"model.{name}={getattr(self, name)!r}: use one of {', '.join(valid)}")
 
@@ -150,8 +149,8 @@ class RLFModel(nn.Module):
         """One loop iteration on the full sequence state x (B, T', d)."""
         if self.cfg.lifeline != "none":
             inject = (self.lifeline_gate * gate_scale).to(x.dtype) * source
-            if self.prefix:  # the lifeline reaches prompt positions only
-                inject = F.pad(inject, (0, 0, self.prefix, 0))
+            if self.cfg.scratchpad:  # the lifeline reaches prompt positions only
+                inject = F.pad(inject, (0, 0, self.cfg.scratchpad, 0))
             x = x + inject
         if self.cfg.loop_pos == "rope":
             x = loop_rope(x, loop_index)
@@ -167,22 +166,8 @@ class RLFModel(nn.Module):
         x = x_prompt
         if self.cfg.scratchpad:
             x = torch.cat([self.scratchpad.to(x.dtype).expand(B, -1, -1), x], dim=1)
-        answer_pos = lengths.to(x.device) - 1 + self.prefix  # (B,)
-        if self.cfg.feedback:  # at loop 0 the slot holds the prompt's own answer-position state
-            x = torch.cat([x_prompt[torch.arange(B, device=x.device), answer_pos - self.prefix][:, None], x], dim=1)
+        answer_pos = lengths.to(x.device) - 1 + self.cfg.scratchpad  # (B,)
         return x, answer_pos
-
-    @property
-    def prefix(self) -> int:
-        """Slots before the prompt: the scratchpad's K, and the feedback slot."""
-        return self.cfg.scratchpad + int(self.cfg.feedback)
-
-    def feed_back(self, x: torch.Tensor, answer_pos: torch.Tensor) -> torch.Tensor:
-        """Put the answer position's new state into the feedback slot (position 0), so that in the next loop a causal
-        core sees the current pointer before every statement, not only after the last one."""
-        if not self.cfg.feedback:
-            return x
-        return torch.cat([x[torch.arange(x.shape[0], device=x.device), answer_pos][:, None], x[:, 1:]], dim=1)
 
     def forward(
         self, x_prompt: torch.Tensor, lengths: torch.Tensor, n_loops: int, *, gate_scale: float = 1.0,
@@ -194,7 +179,7 @@ class RLFModel(nn.Module):
         rows = torch.arange(x.shape[0], device=x.device)
         states = []
         for i in range(n_loops):
-            x = self.feed_back(self.step(x, source, i, gate_scale), answer_pos)
+            x = self.step(x, source, i, gate_scale)
             states.append(x[rows, answer_pos])  # (B, d)
         h = torch.stack(states, 1)  # (B, L, d)
         logits = self.head(h)
@@ -227,7 +212,7 @@ class RLFModel(nn.Module):
         tokens, probs, halt_ps, states = [], [], [], []
         for i in range(max_loops):
             position = i + loop_offset if loop_clamp is None else min(i + loop_offset, loop_clamp)
-            x_new = self.feed_back(self.step(x, source, position, gate_scale), answer_pos)
+            x_new = self.step(x, source, position, gate_scale)
             done = halted_at >= 0
             x = torch.where(done[:, None, None], x, x_new)  # a finished example keeps its state
             h = x[rows, answer_pos]
@@ -248,17 +233,19 @@ class RLFModel(nn.Module):
         return out
 
 
-def copy_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, token_ids: list[list[int]], k: int,
-              generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+def copy_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, token_ids: torch.Tensor,
+              starts: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
     """The read-out warm-up (supervision=copy): one loop step over the prompt, then the head at k positions per prompt
     (drawn from `generator`, with replacement) must name the token at that position. It teaches the core and norm to
-    turn a prompt word's state into that word's head row, for every word of every prompt at once."""
+    turn a prompt word's state into that word's head row, for every word of every prompt at once.
+
+    `token_ids` holds the prompts' token ids end to end (1-D), `starts` (B,) where each prompt of the batch begins."""
     B = x_prompt.shape[0]
     x, _ = model._start(x_prompt, lengths)
     x = model.step(x, x_prompt, 0)
     pos = (torch.rand(B, k, generator=generator) * lengths[:, None].float()).long()  # (B, k), < length
-    ids = torch.tensor([[t[j] for j in row] for t, row in zip(token_ids, pos.tolist())], device=x.device)
-    h = x[torch.arange(B, device=x.device)[:, None], pos.to(x.device) + model.prefix]  # (B, k, d)
+    ids = token_ids[starts[:, None] + pos].to(x.device)  # (B, k)
+    h = x[torch.arange(B, device=x.device)[:, None], pos.to(x.device) + model.cfg.scratchpad]  # (B, k, d)
     logits = model.head(h)
     loss = F.cross_entropy(logits.float().reshape(B * k, -1), ids.reshape(-1))
     with torch.no_grad():

@@ -29,15 +29,15 @@ import os
 import platform
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
 from rlf.config import load_config
 from rlf.errors import RLFError
-from rlf.evaluate import evaluate, fmt_rate, heldout_examples, md_table, rate, seen_prompts
+from rlf.evaluate import evaluate, fmt_rate, md_table
+from rlf.headline import steps_to_accuracy
 from rlf.tasks import parse_hops
-from rlf.train import load_run, prepare_split, train_or_reuse
+from rlf.train import train_or_reuse
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,9 @@ def read_sweep(path: str | Path) -> dict:
             v["config"] = load_config(spec["preset"], [*spec["overrides"], *v.get("overrides", [])])
         except RLFError as e:
             raise RLFError(f"{path}: variant {v['name']}: {e}") from None
+        if v["config"].supervision == "answer_once":
+            raise RLFError(f"{path}: variant {v['name']}: supervision=answer_once has no trace to measure; the no-loop "
+                           "baseline is measured by `rlf bench headline`")
     return spec
 
 
@@ -98,37 +101,11 @@ def val_curve(metrics_path: Path) -> list[tuple[int, float, float]]:
     return out
 
 
-def first_reaching(curve, threshold: float) -> dict:
-    for step, seconds, acc in curve:
-        if acc >= threshold:
-            return {"step": step, "train_seconds": round(seconds, 1) if seconds is not None else None}
-    return {"step": None, "train_seconds": None}
-
-
-@torch.no_grad()
 def dev_measure(run_dir: Path, hops: list[int], n: int) -> dict:
-    """Per dev hop count: trace and answer accuracy (a no-loop run: its answer after one pass, as trace and answer)."""
-    run = load_run(run_dir)
-    if run.config.supervision != "answer_once":
-        res = evaluate(run_dir, hops=hops, n=n, ablations="", run=run, progress=False, write=False)
-        out = {}
-        for sp in res["splits"].values():
-            for h, m in sp["conditions"]["intact"]["by_hops"].items():
-                out[h] = {"trace_acc": m["trace_acc"], "answer_acc": m["answer_acc"],
-                          "halt_precision": m["halt_precision"]}
-        return out
-    from rlf.headline import loop_one_answers
-
-    examples = heldout_examples(run.config, run.base.tokenizer, hops, n, exclude=seen_prompts(run_dir))
-    split = prepare_split(examples, run.base, run.config, "dev", progress=False)
-    pred = loop_one_answers(run.model, split)
-    truth = np.array([t[-1] for t in split.target_ids])
-    hop_of = np.array([ex.hops for ex in examples])
-    out = {}
-    for h in hops:
-        ok = (pred == truth)[hop_of == h]
-        out[str(h)] = {"trace_acc": None, "answer_acc": rate(int(ok.sum()), len(ok)), "halt_precision": None}
-    return out
+    """Per dev hop count: trace and answer accuracy and halt precision of `rlf eval` (no ablations)."""
+    res = evaluate(run_dir, hops=hops, n=n, ablations="", progress=False, write=False)
+    return {h: {k: m[k] for k in ("trace_acc", "answer_acc", "halt_precision")}
+            for sp in res["splits"].values() for h, m in sp["conditions"]["intact"]["by_hops"].items()}
 
 
 def run_sweep(path: str | Path, only: list[str] | None = None) -> dict:
@@ -154,7 +131,8 @@ def run_sweep(path: str | Path, only: list[str] | None = None) -> dict:
             "train_seconds": summary["train_seconds"], "encode_cost_seconds": summary.get("encode_cost_seconds"),
             "val_trace_acc": summary["val_trace_acc"], "val_answer_acc": summary["val_answer_acc"],
             "best_val_trace_acc": max((a for _, _, a in curve), default=None),
-            "to_90": first_reaching(curve, 0.9), "to_99": first_reaching(curve, 0.99),
+            "to_90": steps_to_accuracy(run_dir / "metrics.jsonl", 0.9),
+            "to_99": steps_to_accuracy(run_dir / "metrics.jsonl", 0.99),
             "val_curve": [[s, round(t or 0, 1), a] for s, t, a in curve],
             "dev_hops": spec["dev_hops"], "n_dev": spec["n_dev"], "dev": dev_measure(run_dir, spec["dev_hops"],
                                                                                      spec["n_dev"]),
@@ -189,8 +167,8 @@ def render_sweep(log_data: dict, spec: dict) -> str:
     rows = []
     for n in names:
         r = log_data["rows"][n]
-        dev = [f"{_cell(r['dev'].get(str(h), {}).get('trace_acc'))} ({_cell(r['dev'].get(str(h), {}).get('answer_acc'))})"
-               for h in hops]
+        dev = [f"{_cell(m.get('trace_acc'))} ({_cell(m.get('answer_acc'))})" for m in (r["dev"].get(str(h), {})
+                                                                                         for h in hops)]
         to99 = r["to_99"]
         rows.append([n, " ".join(r["overrides"]) or "—", str(r["steps"]), f"{r['train_seconds']:.0f}",
                      f"{r['val_trace_acc']:.3f}", f"{to99['step']} / {to99['train_seconds']:.0f}" if to99["step"]

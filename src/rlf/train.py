@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from rlf.base import Base, load_base
 from rlf.cache import EncodedSet, apply_template, encode_cached
-from rlf.config import TrainConfig, read_run_config
+from rlf.config import DATA_KEYS, TrainConfig, read_run_config
 from rlf.errors import RLFError
 from rlf.model import RLFConfig, RLFModel, copy_loss, loop_loss, loop_targets, loops_needed, trainable_parameters
 from rlf.tasks import Example, read_jsonl, target_token_id, write_jsonl
@@ -110,7 +110,6 @@ def build_model(cfg: TrainConfig, base: Base) -> RLFModel:
     mcfg = RLFConfig(
         d_model=base.hidden_size, vocab_size=base.lm_head.shape[0], core=cfg.core, lifeline=cfg.lifeline,
         loop_pos=cfg.loop_pos, max_loops=cfg.max_loops, train_head=cfg.train_head, scratchpad=cfg.scratchpad,
-        feedback=cfg.feedback,
         bridge_rank=cfg.bridge_rank, core_dim=cfg.core_dim, chunk_size=cfg.chunk_size, loop_layers=cfg.loop_layers,
         lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
     )
@@ -153,9 +152,6 @@ class Phase:
     end: int
     cfg: TrainConfig
     own_data: bool  # the phase trains on data of its own (train.<name>.jsonl), not the run's train.jsonl
-
-
-DATA_KEYS = ("task", "order", "distractors", "name_pool", "value_pool", "hops", "n_train", "data_seed", "train_file")
 
 
 def phase_plan(cfg: TrainConfig) -> list[Phase]:
@@ -428,7 +424,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="train", unit="step", disable=not progress,
                dynamic_ncols=True)
     t_last, examples_since = time.perf_counter(), 0
-    prompt_ids: dict[str, list[list[int]]] = {}
+    prompt_ids: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     while state["step"] < cfg.max_steps and state["stopped"] is None:
         step = state["step"]
         ph = phase_at(plan, step)
@@ -442,13 +438,14 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
             g["lr"] = lr_at(step - ph.start, pcfg)
         opt.param_groups[0]["weight_decay"] = pcfg.weight_decay  # the decayed group (make_optimizer's first)
         if pcfg.supervision == "copy":
-            if ph.name not in prompt_ids:  # token ids of the phase's prompts, as the base encoded them
-                prompt_ids[ph.name] = base.tokenize([apply_template(cfg.template, ex.prompt)
-                                                     for ex in splits[ph.name].examples])
+            if ph.name not in prompt_ids:  # the phase's prompts as the base encoded them, ids end to end, once
+                ids = base.tokenize([apply_template(cfg.template, ex.prompt) for ex in splits[ph.name].examples])
+                starts = torch.tensor([0, *map(len, ids)]).cumsum(0)[:-1]
+                prompt_ids[ph.name] = (torch.tensor([t for row in ids for t in row]), starts)
+            flat, starts = prompt_ids[ph.name]
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + step)
             with autocast:
-                loss, stats = copy_loss(model, x.to(device), lengths, [prompt_ids[ph.name][i] for i in idx],
-                                        pcfg.copy_positions, gen)
+                loss, stats = copy_loss(model, x.to(device), lengths, flat, starts[idx], pcfg.copy_positions, gen)
         else:
             n_loops = loops_needed(tids, pcfg.supervision, pcfg.extra_halt_loops)
             targets = loop_targets(tids, model.halt_id, n_loops, pcfg.supervision).to(device)

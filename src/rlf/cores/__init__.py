@@ -10,7 +10,7 @@ from torch import nn
 
 from rlf.errors import RLFError
 
-CORES = ("mamba2", "transformer", "mamba1", "llama")
+CORES = ("mamba2", "transformer", "mamba1")
 
 
 class NarrowCore(nn.Module):
@@ -46,10 +46,6 @@ def build_core(kind: str, d_model: int, chunk_size: int = 64, core_dim: int = 0)
         from rlf.cores.transformer import TransformerCore
 
         return TransformerCore(d_model)
-    if kind == "llama":
-        from rlf.cores.llama import LlamaCore
-
-        return LlamaCore(d_model)
     if kind == "mamba1":
         from rlf.cores.mamba1 import Mamba1Core
 
