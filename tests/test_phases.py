@@ -76,7 +76,8 @@ def test_a_finished_phase_is_not_rerun(reference, tmp_path, tiny_llama, monkeypa
     assert state["step"] == 10
     seen = []
     order = rlf.train.batch_order
-    monkeypatch.setattr(rlf.train, "batch_order", lambda sizes, *a, **k: seen.append(len(sizes)) or order(sizes, *a, **k))
+    monkeypatch.setattr(rlf.train, "batch_order",
+                        lambda sizes, *a, **k: seen.append(len(sizes)) or order(sizes, *a, **k))
     train(two_phase(cache, "max_steps=12"), run, resume=True, progress=False, base=tiny_llama)
     assert len(seen) == 2 and set(seen) == {64}  # only main's data (64 examples; warm has 32), steps 10 and 11
 
