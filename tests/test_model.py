@@ -235,3 +235,52 @@ def test_ablation_sources():
         assert (noise[b, n:] == 0).all()
     assert not torch.equal(shuffled[0], x[0])
 
+
+
+@pytest.mark.parametrize("core,core_dim", [("mamba2", 0), ("mamba2", 64), ("transformer", 0)])
+def test_recall_of_a_remembered_prompt_equals_the_full_pass(core, core_dim):
+    """loop_span=answer rests on this: remember(x, last) + recall(memory, x[last]) is forward(x) read at last, for
+    every answer position (including 0: nothing remembered) and for a narrow core."""
+    core = build_core(core, D, core_dim=core_dim)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for p in core.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.randn(4, 12, D)
+    last = torch.tensor([11, 8, 1, 0])
+    rows = torch.arange(4)
+    recalled = core.recall(core.remember(x, last), x[rows, last])
+    assert torch.allclose(recalled, core(x)[rows, last], atol=1e-5)
+    moved = x.clone()
+    moved[rows, last] += 1.0  # a different answer input against the same memory
+    assert torch.allclose(core.recall(core.remember(x, last), moved[rows, last]), core(moved)[rows, last], atol=1e-5)
+
+
+@pytest.mark.parametrize("core", ["mamba2", "transformer"])
+def test_loop_span_answer_loop0_equals_all_later_loops_see_a_fixed_prompt(core):
+    """Loop 0 is the same model either way; from loop 1 the answer-only loop differs (its prompt positions no
+    longer change), solve agrees with forward, and the batch solves like single examples."""
+    runs = {}
+    for span in ("all", "answer"):
+        model = make(core, loop_span=span)
+        perturb(model)
+        runs[span] = model
+    x, lengths = prompts()
+    all_, ans = runs["all"](x, lengths, 4), runs["answer"](x, lengths, 4)
+    assert torch.allclose(all_[:, 0], ans[:, 0], atol=1e-4)
+    assert not torch.allclose(all_[:, 1:], ans[:, 1:], atol=1e-2)
+    model = runs["answer"]
+    out = model.solve(x, lengths, 4, min_loops=4)
+    top = ans.argmax(-1)
+    for b in range(4):
+        h = int(out["halted_at"][b])
+        end = 4 if h < 0 else h + 1
+        assert torch.equal(out["tokens"][b, :end], top[b, :end])
+        one = model.solve(x[b : b + 1, : lengths[b]], lengths[b : b + 1], 4, min_loops=4)
+        assert torch.equal(one["tokens"][0], out["tokens"][b])
+
+
+@pytest.mark.parametrize("kw", [{"core": "mamba1"}, {"scratchpad": 2}, {"loop_layers": 1}])
+def test_loop_span_answer_refuses_what_it_does_not_support(kw):
+    with pytest.raises(RLFError, match="loop_span=answer"):
+        RLFConfig(d_model=D, vocab_size=V, loop_span="answer", **kw)

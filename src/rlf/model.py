@@ -42,12 +42,19 @@ class RLFConfig:
     loop_layers: int = 0  # base blocks above the encoder run in the loop before the core, with LoRA (0 = off)
     lora_rank: int = 8  # the seeds' rank-8 LoRA
     lora_alpha: float = 16.0
+    loop_span: Literal["all", "answer"] = "all"  # what each loop updates; see RLFModel.loop_answer
 
     def __post_init__(self):
         for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
-                            ("loop_pos", ("rope", "learned", "none"))):
+                            ("loop_pos", ("rope", "learned", "none")), ("loop_span", ("all", "answer"))):
             if getattr(self, name) not in valid:
                 raise RLFError(f"model.{name}={getattr(self, name)!r}: use one of {', '.join(valid)}")
+        if self.loop_span == "answer":
+            clash = [k for k in ("scratchpad", "loop_layers") if getattr(self, k)]
+            if self.core not in ("mamba2", "transformer") or clash:
+                raise RLFError(f"loop_span=answer is built for core=mamba2 or transformer without scratchpad or "
+                               f"loop_layers; "
+                               f"this model has core={self.core}" + "".join(f", {k}={getattr(self, k)}" for k in clash))
 
     @classmethod
     def from_dict(cls, d: dict) -> "RLFConfig":
@@ -145,8 +152,8 @@ class RLFModel(nn.Module):
             return x_prompt.gather(1, perm[..., None].expand_as(x_prompt))
         raise RLFError(f"prompt_mode={prompt_mode!r}: use intact, noise or shuffle")
 
-    def step(self, x, source, loop_index: int, gate_scale: float = 1.0):
-        """One loop iteration on the full sequence state x (B, T', d)."""
+    def inject(self, x, source, loop_index: int, gate_scale: float = 1.0):
+        """A loop's input: the state (..., d) plus the lifeline and the loop position."""
         if self.cfg.lifeline != "none":
             inject = (self.lifeline_gate * gate_scale).to(x.dtype) * source
             if self.cfg.scratchpad:  # the lifeline reaches prompt positions only
@@ -156,6 +163,11 @@ class RLFModel(nn.Module):
             x = loop_rope(x, loop_index)
         elif self.cfg.loop_pos == "learned":
             x = x + self.loop_embedding[min(loop_index, self.cfg.max_loops - 1)]
+        return x
+
+    def step(self, x, source, loop_index: int, gate_scale: float = 1.0):
+        """One loop iteration on the full sequence state x (B, T', d)."""
+        x = self.inject(x, source, loop_index, gate_scale)
         if self.cfg.loop_layers:
             x = self.looped_layers(x)  # the base's upper blocks (frozen + LoRA), causal in T, their own residual
         x = x + self.core(x)
@@ -169,6 +181,21 @@ class RLFModel(nn.Module):
         answer_pos = lengths.to(x.device) - 1 + self.cfg.scratchpad  # (B,)
         return x, answer_pos
 
+    def loop_answer(self, x, source, answer_pos, gate_scale: float = 1.0):
+        """loop_span=answer: the core reads the prompt once (the loop-0 input of every position before the answer)
+        into a memory, and each loop then updates the answer position alone against that memory: O(1) in the
+        prompt length per loop instead of O(T). Loop 0 equals loop_span=all's loop 0 exactly; later loops differ,
+        as the prompt positions no longer change. Returns `step(a, i)`: answer state (B, d) -> next answer state."""
+        rows = torch.arange(x.shape[0], device=x.device)
+        memory = self.core.remember(self.inject(x, source, 0, gate_scale), answer_pos)
+        source_a = source[rows, answer_pos]
+
+        def step(a, loop_index: int):
+            a = self.inject(a, source_a, loop_index, gate_scale)
+            return self.loop_norm(a + self.core.recall(memory, a))
+
+        return step
+
     def forward(
         self, x_prompt: torch.Tensor, lengths: torch.Tensor, n_loops: int, *, gate_scale: float = 1.0,
         prompt_mode: str = "intact", generator: torch.Generator | None = None, return_states: bool = False,
@@ -178,7 +205,12 @@ class RLFModel(nn.Module):
         x, answer_pos = self._start(x_prompt, lengths)
         rows = torch.arange(x.shape[0], device=x.device)
         states = []
-        for i in range(n_loops):
+        if self.cfg.loop_span == "answer":
+            step, a = self.loop_answer(x, source, answer_pos, gate_scale), x[rows, answer_pos]
+            for i in range(n_loops):
+                a = step(a, i)
+                states.append(a)
+        for i in range(n_loops if self.cfg.loop_span == "all" else 0):
             x = self.step(x, source, i, gate_scale)
             states.append(x[rows, answer_pos])  # (B, d)
         h = torch.stack(states, 1)  # (B, L, d)
@@ -210,12 +242,16 @@ class RLFModel(nn.Module):
         rows = torch.arange(B, device=x.device)
         halted_at = torch.full((B,), -1, dtype=torch.long, device=x.device)
         tokens, probs, halt_ps, states = [], [], [], []
+        if self.cfg.loop_span == "answer":
+            answer_step, h = self.loop_answer(x, source, answer_pos, gate_scale), x[rows, answer_pos]
         for i in range(max_loops):
             position = i + loop_offset if loop_clamp is None else min(i + loop_offset, loop_clamp)
-            x_new = self.step(x, source, position, gate_scale)
             done = halted_at >= 0
-            x = torch.where(done[:, None, None], x, x_new)  # a finished example keeps its state
-            h = x[rows, answer_pos]
+            if self.cfg.loop_span == "answer":
+                h = torch.where(done[:, None], h, answer_step(h, position))  # a finished example keeps its state
+            else:
+                x = torch.where(done[:, None, None], x, self.step(x, source, position, gate_scale))
+                h = x[rows, answer_pos]
             p = self.head(h).float().softmax(-1)  # (B, V + 1)
             top_p, top = p.max(-1)
             tokens.append(torch.where(done, self.halt_id, top))

@@ -29,6 +29,12 @@ class NarrowCore(nn.Module):
     def forward(self, x):
         return self.up(self.inner(self.down(x)))
 
+    def remember(self, x, last):
+        return self.inner.remember(self.down(x), last)
+
+    def recall(self, memory, a):
+        return self.up(self.inner.recall(memory, self.down(a)))
+
 
 def build_core(kind: str, d_model: int, chunk_size: int = 64, core_dim: int = 0) -> nn.Module:
     """A reasoning core of the given kind with its output projection at zero (the loop starts as identity).

@@ -55,6 +55,15 @@ class Mamba2Core(nn.Module):
             return self.mixer(h)  # (B, T, d)
         return ssd_forward(self.mixer, h)
 
+    def remember(self, x: torch.Tensor, last: torch.Tensor) -> dict:
+        """loop_span=answer: the core's view of positions < last (B,), built once per prompt."""
+        return ssd_remember(self.mixer, self.norm(x), last)
+
+    def recall(self, memory: dict, a: torch.Tensor) -> torch.Tensor:
+        """The update at the answer position for its input a (B, d), given `remember`'s memory: equals
+        `forward` of the sequence with a at position last, read at last."""
+        return ssd_recall(self.mixer, memory, self.norm(a))
+
 
 ONE_CHUNK_MAX = 256  # longer prompts use the chunked scan: one chunk holds a (batch, heads, T, T) decay matrix
 _HAS_KERNELS = importlib.util.find_spec("mamba_ssm") is not None
@@ -87,4 +96,51 @@ def ssd_forward(m, h: torch.Tensor) -> torch.Tensor:
     scores = torch.einsum("blhn,bshn->bhls", Cm, Bm) * decay
     y = torch.einsum("bhls,bshp->blhp", scores, xs * dt[..., None]) + m.D[:, None] * xs  # (B, T, H, P)
     y = m.norm(y.reshape(Bsz, T, -1), gate)
+    return m.out_proj(y.to(h.dtype))
+
+
+def ssd_remember(m, h: torch.Tensor, last: torch.Tensor) -> dict:
+    """What the answer position at index `last` (B,) reads of positions < last in `ssd_forward`: the SSM state
+    after position last - 1, (B, H, P, N), and the conv's last K - 1 raw inputs, (B, K - 1, conv_dim) (zeros
+    before the start, like the causal pad). With `ssd_recall` it gives `ssd_forward(m, h)` at `last` exactly."""
+    Bsz, T, _ = h.shape
+    _, xBC_raw, dt = m.in_proj(h).split([m.intermediate_size, m.conv_dim, m.num_heads], dim=-1)
+    K = m.conv_kernel_size
+    padded = F.pad(xBC_raw, (0, 0, K - 1, 0))  # (B, K-1+T, conv_dim): raw input s sits at row s + K - 1
+    rows = torch.arange(Bsz, device=h.device)
+    tail = padded[rows[:, None], last[:, None] + torch.arange(K - 1, device=h.device)]  # inputs last-K+1 .. last-1
+    w = m.conv1d.weight[:, 0, :]
+    conv = sum(padded[:, k : k + T] * w[:, k] for k in range(K))
+    xBC = m.act(conv + m.conv1d.bias if m.conv1d.bias is not None else conv)
+    xs, Bm, _ = xBC.split([m.intermediate_size, m.n_groups * m.ssm_state_size, m.n_groups * m.ssm_state_size], -1)
+    dt = F.softplus(dt + m.dt_bias).clamp(*m.time_step_limit).float()  # (B, T, H)
+    A = -torch.exp(m.A_log.float())
+    xs = xs.view(Bsz, T, m.num_heads, m.head_dim).float()
+    g = m.num_heads // m.n_groups
+    Bm = Bm.view(Bsz, T, m.n_groups, m.ssm_state_size).float().repeat_interleave(g, 2)  # (B, T, H, N)
+    cum = torch.cumsum(A * dt, dim=1)  # (B, T, H)
+    before = torch.arange(T, device=h.device)[None, :] < last[:, None]  # (B, T): the positions remembered
+    end = cum[rows, (last - 1).clamp_min(0)]  # (B, H): cum at position last - 1
+    weight = torch.exp((end[:, None] - cum).masked_fill(~before[..., None], -torch.inf)) * dt  # (B, T, H)
+    state = torch.einsum("bsh,bshp,bshn->bhpn", weight, xs, Bm)
+    return {"state": state, "tail": tail}
+
+
+def ssd_recall(m, memory: dict, h: torch.Tensor) -> torch.Tensor:
+    """One recurrent Mamba2 step at the answer position: h (B, d) after the remembered positions -> (B, d)."""
+    Bsz = h.shape[0]
+    gate, xBC, dt = m.in_proj(h).split([m.intermediate_size, m.conv_dim, m.num_heads], dim=-1)
+    window = torch.cat([memory["tail"], xBC[:, None]], 1)  # (B, K, conv_dim)
+    conv = (window * m.conv1d.weight[:, 0, :].T).sum(1)
+    xBC = m.act(conv + m.conv1d.bias if m.conv1d.bias is not None else conv)
+    xs, Bm, Cm = xBC.split([m.intermediate_size, m.n_groups * m.ssm_state_size, m.n_groups * m.ssm_state_size], -1)
+    dt = F.softplus(dt + m.dt_bias).clamp(*m.time_step_limit).float()  # (B, H)
+    A = -torch.exp(m.A_log.float())
+    xs = xs.view(Bsz, m.num_heads, m.head_dim).float()
+    g = m.num_heads // m.n_groups
+    Bm = Bm.view(Bsz, m.n_groups, m.ssm_state_size).float().repeat_interleave(g, 1)  # (B, H, N)
+    Cm = Cm.view(Bsz, m.n_groups, m.ssm_state_size).float().repeat_interleave(g, 1)
+    state = torch.exp(A * dt)[..., None, None] * memory["state"] + (dt[..., None] * xs)[..., None] * Bm[:, :, None]
+    y = torch.einsum("bhpn,bhn->bhp", state, Cm) + m.D[:, None] * xs  # (B, H, P)
+    y = m.norm(y.reshape(Bsz, -1), gate)
     return m.out_proj(y.to(h.dtype))
