@@ -89,8 +89,10 @@ def test_mamba2_one_chunk_scan_equals_the_mixer(T):
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-5)
 
 
-def test_gradients_reach_exactly_the_trainable_parameters():
-    model = make(scratchpad=2, bridge_rank=4)
+@pytest.mark.parametrize("kw", [{"scratchpad": 2, "bridge_rank": 4}, {"loop_span": "answer", "bridge_rank": 4},
+                                {"core": "transformer", "loop_span": "answer", "bridge_rank": 4}])
+def test_gradients_reach_exactly_the_trainable_parameters(kw):
+    model = make(**kw)
     perturb(model)
     x, lengths = prompts()
     loss, _ = loop_loss(model(x, lengths, 4), loop_targets([[1, 2], [3], [4, 5], [6]], V, 4))
@@ -99,7 +101,8 @@ def test_gradients_reach_exactly_the_trainable_parameters():
     for name, p in model.named_parameters():
         assert (p.grad is not None and p.grad.abs().sum() > 0) == (name in trainable), name
     assert "lm_head" not in trainable and not any(n.startswith("final_norm") for n in trainable)
-    assert {"lifeline_gate", "halt_row", "scratchpad", "bridge_up.weight"} <= set(trainable)
+    assert {"lifeline_gate", "halt_row", "bridge_up.weight", *(["scratchpad"] if "scratchpad" in kw else [])} \
+        <= set(trainable)
     assert model.lifeline_gate.dtype == torch.float32
 
 
