@@ -69,11 +69,9 @@ ONE_CHUNK_MAX = 256  # longer prompts use the chunked scan: one chunk holds a (b
 _HAS_KERNELS = importlib.util.find_spec("mamba_ssm") is not None
 
 
-def ssd_forward(m, h: torch.Tensor) -> torch.Tensor:
-    """transformers' `Mamba2Mixer` forward (no cache, no padding mask) with the scan as one chunk of length T.
-
-    The state-space dual form: y_l = sum_{s<=l} C_l.B_s exp(sum_{s<r<=l} A dt_r) dt_s x_s + D x_l, per head.
-    """
+def scan_inputs(m, h: torch.Tensor) -> dict:
+    """The mixer's per-position scan inputs for h (B, T, d): the gate, the conv's zero-padded raw input (row s + K - 1
+    holds position s), x (B, T, H, P), B and C (B, T, H, N), dt (B, T, H) and A (H,)."""
     Bsz, T, _ = h.shape
     gate, xBC, dt = m.in_proj(h).split([m.intermediate_size, m.conv_dim, m.num_heads], dim=-1)
     # the causal depthwise convolution as K shifted multiply-adds: mkldnn's depthwise conv1d backward alone
@@ -84,18 +82,31 @@ def ssd_forward(m, h: torch.Tensor) -> torch.Tensor:
     conv = sum(padded[:, k : k + T] * w[:, k] for k in range(K))
     xBC = m.act(conv + m.conv1d.bias if m.conv1d.bias is not None else conv)  # (B, T, conv_dim)
     xs, Bm, Cm = xBC.split([m.intermediate_size, m.n_groups * m.ssm_state_size, m.n_groups * m.ssm_state_size], -1)
-    dt = F.softplus(dt + m.dt_bias).clamp(*m.time_step_limit).float()  # (B, T, H)
-    A = -torch.exp(m.A_log.float())  # (H,)
-    xs = xs.view(Bsz, T, m.num_heads, m.head_dim).float()
     g = m.num_heads // m.n_groups
-    Bm = Bm.view(Bsz, T, m.n_groups, m.ssm_state_size).float().repeat_interleave(g, 2)  # (B, T, H, N)
-    Cm = Cm.view(Bsz, T, m.n_groups, m.ssm_state_size).float().repeat_interleave(g, 2)
-    cum = torch.cumsum(A * dt, dim=1).transpose(1, 2)  # (B, H, T)
+    return {
+        "gate": gate, "padded": padded,
+        "x": xs.view(Bsz, T, m.num_heads, m.head_dim).float(),
+        "B": Bm.view(Bsz, T, m.n_groups, m.ssm_state_size).float().repeat_interleave(g, 2),
+        "C": Cm.view(Bsz, T, m.n_groups, m.ssm_state_size).float().repeat_interleave(g, 2),
+        "dt": F.softplus(dt + m.dt_bias).clamp(*m.time_step_limit).float(),
+        "A": -torch.exp(m.A_log.float()),
+    }
+
+
+def ssd_forward(m, h: torch.Tensor) -> torch.Tensor:
+    """transformers' `Mamba2Mixer` forward (no cache, no padding mask) with the scan as one chunk of length T.
+
+    The state-space dual form: y_l = sum_{s<=l} C_l.B_s exp(sum_{s<r<=l} A dt_r) dt_s x_s + D x_l, per head.
+    """
+    Bsz, T, _ = h.shape
+    s = scan_inputs(m, h)
+    xs, dt = s["x"], s["dt"]
+    cum = torch.cumsum(s["A"] * dt, dim=1).transpose(1, 2)  # (B, H, T)
     causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
     decay = torch.exp((cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, -torch.inf))  # (B, H, l, s)
-    scores = torch.einsum("blhn,bshn->bhls", Cm, Bm) * decay
+    scores = torch.einsum("blhn,bshn->bhls", s["C"], s["B"]) * decay
     y = torch.einsum("bhls,bshp->blhp", scores, xs * dt[..., None]) + m.D[:, None] * xs  # (B, T, H, P)
-    y = m.norm(y.reshape(Bsz, T, -1), gate)
+    y = m.norm(y.reshape(Bsz, T, -1), s["gate"])
     return m.out_proj(y.to(h.dtype))
 
 
@@ -104,25 +115,15 @@ def ssd_remember(m, h: torch.Tensor, last: torch.Tensor) -> dict:
     after position last - 1, (B, H, P, N), and the conv's last K - 1 raw inputs, (B, K - 1, conv_dim) (zeros
     before the start, like the causal pad). With `ssd_recall` it gives `ssd_forward(m, h)` at `last` exactly."""
     Bsz, T, _ = h.shape
-    _, xBC_raw, dt = m.in_proj(h).split([m.intermediate_size, m.conv_dim, m.num_heads], dim=-1)
-    K = m.conv_kernel_size
-    padded = F.pad(xBC_raw, (0, 0, K - 1, 0))  # (B, K-1+T, conv_dim): raw input s sits at row s + K - 1
+    s = scan_inputs(m, h)
     rows = torch.arange(Bsz, device=h.device)
-    tail = padded[rows[:, None], last[:, None] + torch.arange(K - 1, device=h.device)]  # inputs last-K+1 .. last-1
-    w = m.conv1d.weight[:, 0, :]
-    conv = sum(padded[:, k : k + T] * w[:, k] for k in range(K))
-    xBC = m.act(conv + m.conv1d.bias if m.conv1d.bias is not None else conv)
-    xs, Bm, _ = xBC.split([m.intermediate_size, m.n_groups * m.ssm_state_size, m.n_groups * m.ssm_state_size], -1)
-    dt = F.softplus(dt + m.dt_bias).clamp(*m.time_step_limit).float()  # (B, T, H)
-    A = -torch.exp(m.A_log.float())
-    xs = xs.view(Bsz, T, m.num_heads, m.head_dim).float()
-    g = m.num_heads // m.n_groups
-    Bm = Bm.view(Bsz, T, m.n_groups, m.ssm_state_size).float().repeat_interleave(g, 2)  # (B, T, H, N)
-    cum = torch.cumsum(A * dt, dim=1)  # (B, T, H)
+    offsets = torch.arange(m.conv_kernel_size - 1, device=h.device)
+    tail = s["padded"][rows[:, None], last[:, None] + offsets]  # raw inputs of positions last-K+1 .. last-1
+    cum = torch.cumsum(s["A"] * s["dt"], dim=1)  # (B, T, H)
     before = torch.arange(T, device=h.device)[None, :] < last[:, None]  # (B, T): the positions remembered
     end = cum[rows, (last - 1).clamp_min(0)]  # (B, H): cum at position last - 1
-    weight = torch.exp((end[:, None] - cum).masked_fill(~before[..., None], -torch.inf)) * dt  # (B, T, H)
-    state = torch.einsum("bsh,bshp,bshn->bhpn", weight, xs, Bm)
+    weight = torch.exp((end[:, None] - cum).masked_fill(~before[..., None], -torch.inf)) * s["dt"]  # (B, T, H)
+    state = torch.einsum("bsh,bshp,bshn->bhpn", weight, s["x"], s["B"])
     return {"state": state, "tail": tail}
 
 
