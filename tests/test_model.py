@@ -239,7 +239,6 @@ def test_ablation_sources():
     assert not torch.equal(shuffled[0], x[0])
 
 
-
 @pytest.mark.parametrize("core,core_dim", [("mamba2", 0), ("mamba2", 64), ("transformer", 0)])
 def test_recall_of_a_remembered_prompt_equals_the_full_pass(core, core_dim):
     """loop_span=answer rests on this: remember(x, last) + recall(memory, x[last]) is forward(x) read at last, for

@@ -49,7 +49,7 @@ class TrainConfig:
     scratchpad: int = 0
     bridge_rank: int = 0
     core_dim: int = 0  # the core's width: 0 = the base's; k < d loops a k-wide core between d->k and k->d maps
-    loop_span: Literal["all", "answer"] = "all"  # each loop updates every position, or the answer one (mamba2)
+    loop_span: Literal["all", "answer"] = "all"  # each loop updates every position, or the answer one (mamba2, transformer)
     chunk_size: int = 64
     loop_layers: int = 0  # the seeds' full recipe: this many base layers above encoder_layers run inside the loop
     lora_rank: int = 8  # ... adapted with LoRA of this rank and alpha (only the adapters train)

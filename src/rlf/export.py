@@ -40,7 +40,7 @@ def check_exportable(cfg, base_type: str) -> None:
     if cfg.core not in ("mamba2", "transformer"):
         raise RLFError(f"rlf export: core={cfg.core} is not supported by the C runtime; use core=mamba2 or "
                        "core=transformer")
-    if getattr(cfg, "loop_span", "all") != "all":
+    if cfg.loop_span != "all":
         raise RLFError(f"rlf export: loop_span={cfg.loop_span} is not supported by the C runtime, which loops every "
                        "position; export a model trained with loop_span=all")
     if base_type != "llama":

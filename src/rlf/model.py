@@ -42,7 +42,7 @@ class RLFConfig:
     loop_layers: int = 0  # base blocks above the encoder run in the loop before the core, with LoRA (0 = off)
     lora_rank: int = 8  # the seeds' rank-8 LoRA
     lora_alpha: float = 16.0
-    loop_span: Literal["all", "answer"] = "all"  # what each loop updates; see RLFModel.loop_answer
+    loop_span: Literal["all", "answer"] = "all"  # what each loop updates; see RLFModel._loop
 
     def __post_init__(self):
         for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
@@ -52,9 +52,9 @@ class RLFConfig:
         if self.loop_span == "answer":
             clash = [k for k in ("scratchpad", "loop_layers") if getattr(self, k)]
             if self.core not in ("mamba2", "transformer") or clash:
+                have = ", ".join([f"core={self.core}", *(f"{k}={getattr(self, k)}" for k in clash)])
                 raise RLFError(f"loop_span=answer is built for core=mamba2 or transformer without scratchpad or "
-                               f"loop_layers; "
-                               f"this model has core={self.core}" + "".join(f", {k}={getattr(self, k)}" for k in clash))
+                               f"loop_layers; this model has {have}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "RLFConfig":
@@ -181,20 +181,26 @@ class RLFModel(nn.Module):
         answer_pos = lengths.to(x.device) - 1 + self.cfg.scratchpad  # (B,)
         return x, answer_pos
 
-    def loop_answer(self, x, source, answer_pos, gate_scale: float = 1.0):
-        """loop_span=answer: the core reads the prompt once (the loop-0 input of every position before the answer)
-        into a memory, and each loop then updates the answer position alone against that memory: O(1) in the
-        prompt length per loop instead of O(T). Loop 0 equals loop_span=all's loop 0 exactly; later loops differ,
-        as the prompt positions no longer change. Returns `step(a, i)`: answer state (B, d) -> next answer state."""
+    def _loop(self, x_prompt, lengths, source, gate_scale: float = 1.0):
+        """The loop's starting state, its step `step(state, i)` and the answer-position read-out `read(state)` (B, d).
+
+        loop_span=all: the state is the whole sequence (B, T', d) and each step updates every position.
+        loop_span=answer: the core reads the prompt once (the loop-0 input of every position before the answer) into
+        a memory, the state is the answer position alone (B, d), and each step updates it against that memory: O(1)
+        in the prompt length per loop instead of O(T). Loop 0 is the same either way; later loops differ, as the
+        prompt positions no longer change."""
+        x, answer_pos = self._start(x_prompt, lengths)
         rows = torch.arange(x.shape[0], device=x.device)
+        if self.cfg.loop_span == "all":
+            return x, (lambda x, i: self.step(x, source, i, gate_scale)), (lambda x: x[rows, answer_pos])
         memory = self.core.remember(self.inject(x, source, 0, gate_scale), answer_pos)
         source_a = source[rows, answer_pos]
 
-        def step(a, loop_index: int):
-            a = self.inject(a, source_a, loop_index, gate_scale)
+        def step(a, i: int):
+            a = self.inject(a, source_a, i, gate_scale)
             return self.loop_norm(a + self.core.recall(memory, a))
 
-        return step
+        return x[rows, answer_pos], step, (lambda a: a)
 
     def forward(
         self, x_prompt: torch.Tensor, lengths: torch.Tensor, n_loops: int, *, gate_scale: float = 1.0,
@@ -202,17 +208,11 @@ class RLFModel(nn.Module):
     ):
         """Per-loop logits at the answer position, (B, n_loops, V + 1); with return_states also (B, n_loops, d)."""
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
-        x, answer_pos = self._start(x_prompt, lengths)
-        rows = torch.arange(x.shape[0], device=x.device)
+        state, step, read = self._loop(x_prompt, lengths, source, gate_scale)
         states = []
-        if self.cfg.loop_span == "answer":
-            step, a = self.loop_answer(x, source, answer_pos, gate_scale), x[rows, answer_pos]
-            for i in range(n_loops):
-                a = step(a, i)
-                states.append(a)
-        for i in range(n_loops if self.cfg.loop_span == "all" else 0):
-            x = self.step(x, source, i, gate_scale)
-            states.append(x[rows, answer_pos])  # (B, d)
+        for i in range(n_loops):
+            state = step(state, i)
+            states.append(read(state))  # (B, d)
         h = torch.stack(states, 1)  # (B, L, d)
         logits = self.head(h)
         return (logits, h) if return_states else logits
@@ -237,21 +237,16 @@ class RLFModel(nn.Module):
             raise RLFError("loop_offset/loop_clamp move the loop position, and this model has none (loop_pos=none)")
         max_loops = max_loops or SOLVE_LOOPS
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
-        x, answer_pos = self._start(x_prompt, lengths)
-        B = x.shape[0]
-        rows = torch.arange(B, device=x.device)
-        halted_at = torch.full((B,), -1, dtype=torch.long, device=x.device)
+        state, step, read = self._loop(x_prompt, lengths, source, gate_scale)
+        B = x_prompt.shape[0]
+        halted_at = torch.full((B,), -1, dtype=torch.long, device=state.device)
         tokens, probs, halt_ps, states = [], [], [], []
-        if self.cfg.loop_span == "answer":
-            answer_step, h = self.loop_answer(x, source, answer_pos, gate_scale), x[rows, answer_pos]
         for i in range(max_loops):
             position = i + loop_offset if loop_clamp is None else min(i + loop_offset, loop_clamp)
             done = halted_at >= 0
-            if self.cfg.loop_span == "answer":
-                h = torch.where(done[:, None], h, answer_step(h, position))  # a finished example keeps its state
-            else:
-                x = torch.where(done[:, None, None], x, self.step(x, source, position, gate_scale))
-                h = x[rows, answer_pos]
+            keep = done.view(B, *[1] * (state.dim() - 1))
+            state = torch.where(keep, state, step(state, position))  # a finished example keeps its state
+            h = read(state)
             p = self.head(h).float().softmax(-1)  # (B, V + 1)
             top_p, top = p.max(-1)
             tokens.append(torch.where(done, self.halt_id, top))

@@ -69,16 +69,17 @@ ONE_CHUNK_MAX = 256  # longer prompts use the chunked scan: one chunk holds a (b
 _HAS_KERNELS = importlib.util.find_spec("mamba_ssm") is not None
 
 
-def scan_inputs(m, h: torch.Tensor) -> dict:
-    """The mixer's per-position scan inputs for h (B, T, d): the gate, the conv's zero-padded raw input (row s + K - 1
-    holds position s), x (B, T, H, P), B and C (B, T, H, N), dt (B, T, H) and A (H,)."""
+def scan_inputs(m, h: torch.Tensor, tail: torch.Tensor | None = None) -> dict:
+    """The mixer's per-position scan inputs for h (B, T, d): the gate, the conv's raw input behind the K - 1 raw
+    inputs before h (`tail`, (B, K - 1, conv_dim); zeros at the start of a sequence), so that row s + K - 1 holds
+    position s; x (B, T, H, P), B and C (B, T, H, N), dt (B, T, H) and A (H,)."""
     Bsz, T, _ = h.shape
     gate, xBC, dt = m.in_proj(h).split([m.intermediate_size, m.conv_dim, m.num_heads], dim=-1)
     # the causal depthwise convolution as K shifted multiply-adds: mkldnn's depthwise conv1d backward alone
     # cost ~6% of a training step (torch.profiler, default preset)
     K = m.conv_kernel_size
     w = m.conv1d.weight[:, 0, :]  # (conv_dim, K); tap K-1 multiplies the current position
-    padded = F.pad(xBC, (0, 0, K - 1, 0))  # (B, K-1+T, conv_dim)
+    padded = F.pad(xBC, (0, 0, K - 1, 0)) if tail is None else torch.cat([tail, xBC], 1)  # (B, K-1+T, conv_dim)
     conv = sum(padded[:, k : k + T] * w[:, k] for k in range(K))
     xBC = m.act(conv + m.conv1d.bias if m.conv1d.bias is not None else conv)  # (B, T, conv_dim)
     xs, Bm, Cm = xBC.split([m.intermediate_size, m.n_groups * m.ssm_state_size, m.n_groups * m.ssm_state_size], -1)
@@ -129,19 +130,9 @@ def ssd_remember(m, h: torch.Tensor, last: torch.Tensor) -> dict:
 
 def ssd_recall(m, memory: dict, h: torch.Tensor) -> torch.Tensor:
     """One recurrent Mamba2 step at the answer position: h (B, d) after the remembered positions -> (B, d)."""
-    Bsz = h.shape[0]
-    gate, xBC, dt = m.in_proj(h).split([m.intermediate_size, m.conv_dim, m.num_heads], dim=-1)
-    window = torch.cat([memory["tail"], xBC[:, None]], 1)  # (B, K, conv_dim)
-    conv = (window * m.conv1d.weight[:, 0, :].T).sum(1)
-    xBC = m.act(conv + m.conv1d.bias if m.conv1d.bias is not None else conv)
-    xs, Bm, Cm = xBC.split([m.intermediate_size, m.n_groups * m.ssm_state_size, m.n_groups * m.ssm_state_size], -1)
-    dt = F.softplus(dt + m.dt_bias).clamp(*m.time_step_limit).float()  # (B, H)
-    A = -torch.exp(m.A_log.float())
-    xs = xs.view(Bsz, m.num_heads, m.head_dim).float()
-    g = m.num_heads // m.n_groups
-    Bm = Bm.view(Bsz, m.n_groups, m.ssm_state_size).float().repeat_interleave(g, 1)  # (B, H, N)
-    Cm = Cm.view(Bsz, m.n_groups, m.ssm_state_size).float().repeat_interleave(g, 1)
-    state = torch.exp(A * dt)[..., None, None] * memory["state"] + (dt[..., None] * xs)[..., None] * Bm[:, :, None]
+    s = scan_inputs(m, h[:, None], tail=memory["tail"])  # one position: T = 1
+    xs, Bm, Cm, dt = s["x"][:, 0], s["B"][:, 0], s["C"][:, 0], s["dt"][:, 0]  # (B, H, P), (B, H, N), (B, H)
+    state = torch.exp(s["A"] * dt)[..., None, None] * memory["state"] + (dt[..., None] * xs)[..., None] * Bm[:, :, None]
     y = torch.einsum("bhpn,bhn->bhp", state, Cm) + m.D[:, None] * xs  # (B, H, P)
-    y = m.norm(y.reshape(Bsz, -1), gate)
+    y = m.norm(y.reshape(h.shape[0], -1), s["gate"][:, 0])
     return m.out_proj(y.to(h.dtype))
