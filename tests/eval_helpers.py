@@ -1,9 +1,12 @@
 """Helpers shared by the evaluation, probe and demo tests (not a test module)."""
 
 import math
+from pathlib import Path
 
+import pytest
 import torch
 
+from rlf.cli import main
 from rlf.config import load_config
 from rlf.train import build_model
 
@@ -31,3 +34,16 @@ def all_finite(obj) -> bool:
     if isinstance(obj, list):
         return all(all_finite(v) for v in obj)
     return obj is not None and (not isinstance(obj, float) or math.isfinite(obj))
+
+
+def main_in(folder: Path, argv: list[str]) -> None:
+    """`rlf ARGV` succeeds with `folder` as the working directory (its runs/ and cache/ go there) and one torch
+    thread, as the one_thread fixture, which module fixtures cannot use."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(folder)
+            assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)

@@ -3,12 +3,10 @@
 import json
 
 import pytest
-import torch
 
 from rlf.cli import main
-from rlf.errors import RLFError
 
-from eval_helpers import all_finite
+from eval_helpers import all_finite, main_in
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,14 +20,7 @@ REPORT_FILES = ["report.md", "summary.json", "eval.json", "eval.md", "memory.jso
 def demo(tmp_path_factory):
     """A quick demo run in a fresh folder (its runs/ and cache/ stay there); returns the run directory."""
     root = tmp_path_factory.mktemp("demo")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the one_thread fixture, which is per test
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.chdir(root)
-            assert main(["demo", "--quick"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    main_in(root, ["demo", "--quick"])
     return root / "runs" / "demo-quick"
 
 
@@ -66,42 +57,3 @@ def test_cli_eval_bench_probe_on_the_demo_run(demo, tmp_path, capsys):
     assert "FSM" in capsys.readouterr().out and (tmp_path / "p" / "trajectory.png").is_file()
     assert main(["eval", str(demo), "--ablate", "sever"]) == 2
     assert "--ablate 'sever'" in capsys.readouterr().err
-
-
-def test_train_or_reuse_reads_a_config_saved_before_a_key_existed(tmp_path, monkeypatch):
-    from rlf.config import load_config
-    from rlf.train import train_or_reuse
-
-    cfg = load_config("tiny", [])
-    saved = cfg.to_dict()
-    del saved["extra_halt_loops"]  # as written by a version without the key (it is at its default)
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    (tmp_path / "model.safetensors").write_bytes(b"")
-    (tmp_path / "summary.json").write_text(json.dumps({"steps": 7}))
-    monkeypatch.setattr("rlf.train.train", lambda *a, **k: pytest.fail("a finished run with this config is reused"))
-    assert train_or_reuse(cfg, tmp_path, base=None) == {"steps": 7}
-    with pytest.raises(RLFError, match="another config"):
-        train_or_reuse(load_config("tiny", ["lr=0.1"]), tmp_path, base=None)
-
-
-def test_train_or_reuse_resumes_an_unfinished_run_with_another_length(tmp_path, monkeypatch):
-    """An interrupted run resumes under a changed max_steps (how long is not what is trained); a finished one
-    is reused only with exactly its config, and an unfinished one still refuses a change of what is trained."""
-    from rlf.config import load_config
-    from rlf.train import train_or_reuse
-
-    cfg = load_config("tiny", [])
-    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
-    (tmp_path / "checkpoint").mkdir()
-    (tmp_path / "checkpoint" / "state.json").write_text("{}")
-    calls = []
-    monkeypatch.setattr("rlf.train.train", lambda c, out, resume, base: calls.append((c.max_steps, resume)) or {})
-    train_or_reuse(load_config("tiny", ["max_steps=120"]), tmp_path)
-    assert calls == [(120, True)]
-    with pytest.raises(RLFError, match="another config"):
-        train_or_reuse(load_config("tiny", ["lr=0.1"]), tmp_path)
-    (tmp_path / "model.safetensors").write_bytes(b"")
-    (tmp_path / "summary.json").write_text(json.dumps({"steps": 400}))
-    with pytest.raises(RLFError, match="another config"):
-        train_or_reuse(load_config("tiny", ["max_steps=120"]), tmp_path)
-    assert train_or_reuse(cfg, tmp_path) == {"steps": 400}

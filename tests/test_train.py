@@ -1,11 +1,13 @@
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from rlf.base import load_base
 from rlf.config import load_config
-from rlf.train import batch_order, load_run, train
+from rlf.errors import RLFError
+from rlf.train import batch_order, load_run, train, train_or_reuse
 
 
 def tiny_cfg(tmp_path, *overrides):
@@ -66,3 +68,36 @@ def test_loop_span_answer_trains_and_reloads(tmp_path, tiny_llama):
     run = load_run(tmp_path / "run", base=tiny_llama)
     assert run.model.cfg.loop_span == "answer"
     assert run.solve(["K = moon. P = K. What is P?"], max_loops=4)[0]
+
+
+def test_train_or_reuse_reads_a_config_saved_before_a_key_existed(tmp_path, monkeypatch):
+    cfg = load_config("tiny", [])
+    saved = cfg.to_dict()
+    del saved["extra_halt_loops"]  # as written by a version without the key (it is at its default)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "summary.json").write_text(json.dumps({"steps": 7}))
+    monkeypatch.setattr("rlf.train.train", lambda *a, **k: pytest.fail("a finished run with this config is reused"))
+    assert train_or_reuse(cfg, tmp_path, base=None) == {"steps": 7}
+    with pytest.raises(RLFError, match="another config"):
+        train_or_reuse(load_config("tiny", ["lr=0.1"]), tmp_path, base=None)
+
+
+def test_train_or_reuse_resumes_an_unfinished_run_with_another_length(tmp_path, monkeypatch):
+    """An interrupted run resumes under a changed max_steps (how long is not what is trained); a finished one
+    is reused only with exactly its config, and an unfinished one still refuses a change of what is trained."""
+    cfg = load_config("tiny", [])
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "state.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr("rlf.train.train", lambda c, out, resume, base: calls.append((c.max_steps, resume)) or {})
+    train_or_reuse(load_config("tiny", ["max_steps=120"]), tmp_path)
+    assert calls == [(120, True)]
+    with pytest.raises(RLFError, match="another config"):
+        train_or_reuse(load_config("tiny", ["lr=0.1"]), tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "summary.json").write_text(json.dumps({"steps": 400}))
+    with pytest.raises(RLFError, match="another config"):
+        train_or_reuse(load_config("tiny", ["max_steps=120"]), tmp_path)
+    assert train_or_reuse(cfg, tmp_path) == {"steps": 400}

@@ -15,6 +15,8 @@ import ctypes
 import ctypes.util
 import json
 import logging
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Callable
@@ -24,6 +26,7 @@ import psutil
 import torch
 from tqdm.auto import tqdm
 
+from rlf.errors import RLFError
 from rlf.evaluate import heldout_examples, md_table, train_hops
 from rlf.train import LoadedRun
 
@@ -177,3 +180,13 @@ def render_memory(result: dict) -> str:
             + f"\ngrowth per loop (least squares): {result['growth_mb_per_loop']:+.4f} MB/loop; "
               f"peak at {result['loops'][-1]} minus peak at {result['loops'][0]} loops: {result['delta_mb']:+.2f} MB; "
               f"flat ({result['flat_rule']}): {'yes' if result['flat'] else 'NO'}\n")
+
+
+def memory_in_fresh_process(out: Path, loops, batch_size: int, device: str) -> dict:
+    """`rlf bench memory` in a fresh process: RSS here depends on what training and evaluation left in the allocator."""
+    cmd = [sys.executable, "-m", "rlf.cli", "bench", "memory", str(out), "--loops", ",".join(map(str, loops)),
+           "--batch-size", str(batch_size), "--device", device]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RLFError(f"{' '.join(cmd)} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads((out / "memory.json").read_text())

@@ -8,21 +8,17 @@ for a few steps (a check that every part works and writes its files; its accurac
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import platform
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from rlf.base import load_base
-from rlf.bench_memory import render_memory
-from rlf.config import load_config, read_run_config
-from rlf.errors import RLFError
+from rlf.bench_memory import memory_in_fresh_process, render_memory
+from rlf.config import load_config
 from rlf.evaluate import DEFAULT_ABLATIONS, evaluate, fmt_rate, md_table, render_markdown
 from rlf.probes import probe_summary, run_probes
 from rlf.train import load_run, train_or_reuse
@@ -59,16 +55,6 @@ DEMO = {
         "out": "runs/demo-quick",
     },
 }
-
-
-def memory_in_fresh_process(out: Path, loops, batch_size: int, device: str) -> dict:
-    """`rlf bench memory` in a fresh process: RSS here depends on what training and evaluation left in the allocator."""
-    cmd = [sys.executable, "-m", "rlf.cli", "bench", "memory", str(out), "--loops", ",".join(map(str, loops)),
-           "--batch-size", str(batch_size), "--device", device]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise RLFError(f"{' '.join(cmd)} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads((out / "memory.json").read_text())
 
 
 def headline(summary: dict, result: dict, memory: dict, probes: dict) -> list[list[str]]:

@@ -35,10 +35,9 @@ import torch
 from tqdm.auto import tqdm
 
 from rlf.base import Base, load_base
-from rlf.bench_memory import bench_memory
+from rlf.bench_memory import bench_memory, memory_in_fresh_process
 from rlf.cache import apply_template
 from rlf.config import TrainConfig, load_config
-from rlf.demo import memory_in_fresh_process
 from rlf.errors import RLFError
 from rlf.evaluate import eval_sets, evaluate, fmt_rate, md_table, rate, run_solve, score, train_hops
 from rlf.model import RLFModel, loop_targets
