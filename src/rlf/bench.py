@@ -62,11 +62,13 @@ def add_headline_parser(bench_sub) -> None:
         description="Train (or reuse, or resume) the Mamba2 and Transformer cores on identical data and "
                     "hyperparameters for each protocol, with the base-alone and no-loop baselines and the component "
                     "ablations; measure accuracy in and out of distribution, halting, the severed lifeline, "
-                    "stability, memory and throughput; write OUT/headline.json, the Markdown report and a per-hop "
-                    "plot. Rerunning continues an interrupted run (finished runs and measurements are reused).")
+                    "stability, memory and throughput. Every measured piece is a JSON part committed beside the report "
+                    "(docs/results/), keyed by its config, held-out set, measurement code and seed: a part whose key "
+                    "matches is reused without training. The Markdown report and a per-hop plot are rendered from "
+                    "the parts alone. Rerunning continues an interrupted run.")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides for every run (as `rlf train`), e.g. max_steps=2000 n_train=40000")
-    p.add_argument("--out", default=None, help="folder of the runs and headline.json (default runs/headline; "
+    p.add_argument("--out", default=None, help="folder of the runs (default runs/headline; "
                                                "--quick: runs/headline-quick)")
     p.add_argument("--protocols", default="forward,backward",
                    help="forward (the seeds': chain order) and/or backward (pointer chasing with distractors)")
@@ -83,20 +85,29 @@ def add_headline_parser(bench_sub) -> None:
     p.add_argument("--distractors", type=int, default=2,
                    help="distractor chains of the backward protocol (default 2: order=backward distractors=2)")
     p.add_argument("--docs", default=None, help="the Markdown report (default docs/RESULTS.md, with "
-                                                "results_per_hop.png beside it; --quick: OUT/RESULTS.md)")
+                                                "results_per_hop.png and the parts folder results/ beside it; "
+                                                "--quick: OUT/RESULTS.md)")
     p.add_argument("--quick", action="store_true", help="tiny base, a few steps, small sets: checks the tool")
+    p.add_argument("--render", action="store_true",
+                   help="only write --docs and its plot from the committed result parts beside it (results/): no "
+                        "training, no measuring; stale parts are listed, not used")
     p.set_defaults(func=cmd_headline)
 
 
 def cmd_headline(args: argparse.Namespace) -> int:
-    """Run the headline benchmark and print where its files are."""
-    from rlf.headline import run_headline
+    """Run the headline benchmark (or, with --render, only render its report) and print where its files are."""
+    from rlf.headline import docs_path, render_headline, run_headline
 
-    res = run_headline(args.out, protocols=[s.strip() for s in args.protocols.split(",") if s.strip()],
-                       cores=[s.strip() for s in args.cores.split(",") if s.strip()], ablations=args.ablations,
-                       n=args.n_ood, ood_hops=args.ood_hops, preset=args.preset, overrides=args.overrides,
-                       distractors=args.distractors, docs=args.docs, quick=args.quick)
-    print(f"results: {res['settings']['out']}/headline.json\nreport: {res['docs']}\nplot: {res['plot']}")
+    if args.render:
+        if args.overrides:
+            raise RLFError(f"--render measures nothing: drop the overrides {' '.join(args.overrides)}")
+        res = render_headline(docs_path(args.out, args.docs, args.quick))
+    else:
+        res = run_headline(args.out, protocols=[s.strip() for s in args.protocols.split(",") if s.strip()],
+                           cores=[s.strip() for s in args.cores.split(",") if s.strip()], ablations=args.ablations,
+                           n=args.n_ood, ood_hops=args.ood_hops, preset=args.preset, overrides=args.overrides,
+                           distractors=args.distractors, docs=args.docs, quick=args.quick)
+    print(f"parts: {res['parts_dir']}\nreport: {res['docs']}\nplot: {res['plot']}")
     return 0
 
 

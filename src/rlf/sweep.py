@@ -35,7 +35,7 @@ import yaml
 from rlf.config import load_config
 from rlf.errors import RLFError
 from rlf.evaluate import evaluate, fmt_rate, md_table
-from rlf.headline import steps_to_accuracy
+from rlf.headline.measure import steps_to_accuracy
 from rlf.tasks import parse_hops
 from rlf.train import train_or_reuse
 
