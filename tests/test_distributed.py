@@ -1,6 +1,6 @@
 """Several processes (torchrun, gloo on CPU, 2 ranks, one thread each) against one process with the same global batch:
 training, a killed run's resume, `rlf eval` and the encoding cache; and, without a GPU, the choices the GPU path makes
-(the device of each process, bf16 autocast).
+(the device of each process, bf16 autocast) and the GPU presets.
 
 Each 2-rank command is a real `torchrun` (through `rlf ... --nproc 2`, or torchrun itself), so each costs a few
 seconds of process start-up.
@@ -21,10 +21,10 @@ from safetensors.torch import load_file
 
 import rlf.train
 from rlf import distributed
-from rlf.base import _resolve_device, load_base
+from rlf.base import _check_loop_layers, _resolve_device, load_base
 from rlf.cache import encode_cached
 from rlf.cli import main
-from rlf.config import load_config
+from rlf.config import load_config, preset_names
 from rlf.errors import RLFError
 from rlf.evaluate import evaluate
 from rlf.model import copy_loss, loop_loss, loop_targets, trainable_parameters
@@ -277,4 +277,20 @@ def test_bf16_autocasts_the_loop_and_keeps_every_parameter_float32(tmp_path, tin
     weights = load_file(tmp_path / "run" / "model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.float32} and "lifeline_gate" in weights
     assert summary["steps"] == 2 and summary["skipped_steps"] == 0
+
+
+# the architecture of each GPU preset's base (its config.json on the hub): model type, layers
+GPU_BASES = {"gpu-mamba2-130m": ("mamba2", 24), "gpu-gpt2": ("gpt2", 12), "gpu-mamba-1.4b": ("mamba", 48)}
+
+
+def test_the_gpu_presets_fit_their_bases_and_say_how_to_launch_them():
+    assert {n for n in preset_names() if n.startswith("gpu-")} == set(GPU_BASES)
+    for name, (model_type, layers) in GPU_BASES.items():
+        cfg = load_config(name)
+        assert cfg.bf16 and cfg.device == "auto" and cfg.batch_size % 8 == 0, name  # 1, 2, 4 or 8 GPUs
+        assert (cfg.encoder_layers or layers) + cfg.loop_layers <= layers, name
+        if cfg.loop_layers:
+            _check_loop_layers(cfg.base, model_type, cfg.loop_layers, cfg.encoder_layers, layers)
+        text = (Path(rlf.train.__file__).parent / "configs" / f"{name}.yaml").read_text()
+        assert f"--preset {name}" in text and "--nproc" in text and "estimate" in text, name
 
