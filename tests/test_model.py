@@ -191,7 +191,12 @@ def test_loss_is_mean_cross_entropy_over_supervised_loops():
     loss, stats = loop_loss(logits, targets)
     ref = torch.nn.functional.cross_entropy(logits.reshape(6, -1), targets.reshape(6), ignore_index=-100)
     assert torch.allclose(loss, ref)
-    assert len(stats["per_loop_acc"]) == 3
+    # a given denominator replaces the count of supervised loops (5): what a rank's share of a global batch uses
+    assert torch.allclose(loop_loss(logits, targets, torch.tensor(2.5))[0], ref * 2)
+    logits[0, 0, 1] = logits[1, 1, 2] = logits[1, 2, V] = 100.0  # right: loop 0 of row 0, loops 1-2 of row 1
+    logits[0, 1:, V] = logits[0, 1:, 0] - 100  # wrong: loops 1-2 of row 0
+    stats = loop_loss(logits, targets)[1]
+    assert stats["n"] == 2 and stats["loop_hits"] == [2, 1, 1] and stats["trace_hits"] == 1  # the ignored loop is a hit
 
 
 @pytest.mark.parametrize("core", CORES)

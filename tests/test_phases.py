@@ -119,13 +119,15 @@ def test_copy_warmup_supervises_each_sampled_position_with_its_own_token(tiny_ll
     ids = tiny_llama.tokenize(prompts)
     x, lengths = tiny_llama.encode_ids(ids)
     flat, starts = torch.tensor(ids[0] + ids[1]), torch.tensor([0, len(ids[0])])
-    loss, stats = copy_loss(model, x, lengths, flat, starts, 5, torch.Generator().manual_seed(0))
-    pos = (torch.rand(2, 5, generator=torch.Generator().manual_seed(0)) * lengths[:, None].float()).long()
+    uniform = torch.rand(2, 5, generator=torch.Generator().manual_seed(0))
+    loss, stats = copy_loss(model, x, lengths, flat, starts, uniform)
+    pos = (uniform * lengths[:, None].float()).long()
     assert (pos < lengths[:, None]).all() and len(ids[1]) < len(ids[0])  # never a padding position
     state = model.step(x, x, 0)
     logits = model.head(state[torch.arange(2)[:, None], pos])
     want = torch.tensor([[ids[b][j] for j in pos[b].tolist()] for b in range(2)])
     torch.testing.assert_close(loss, F.cross_entropy(logits.reshape(10, -1), want.reshape(-1)))
+    assert stats["n"] == 10 and stats["loop_hits"] == [int((logits.argmax(-1) == want).sum())]
     loss.backward()
     assert model.core.mixer.out_proj.weight.grad.abs().max() > 0  # the core learns from it (tiny: a Mamba2 core)
 

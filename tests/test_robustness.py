@@ -12,9 +12,7 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +28,8 @@ from rlf.config import TrainConfig, load_config
 from rlf.errors import RLFError
 from rlf.tasks import parse_hops, read_jsonl
 from rlf.train import build_model, latest_checkpoint, load_checkpoint, load_run, make_optimizer, save_checkpoint, train
+
+from kill_helpers import SLOW_RLF, kill_between_checkpoints
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,46 +78,11 @@ def reference_run(tmp_path_factory, cache_dir, tiny_llama) -> Path:
 
 # ----------------------------------------------------------------------------------------------- kill and resume
 
-# `rlf train` with each step slowed down, so that a SIGKILL lands between two checkpoints and not after the end.
-SLOW_RLF = """
-import sys, time
-import rlf.train
-order = rlf.train.batch_order
-def slow_order(*args, **kwargs):
-    time.sleep(0.3)
-    return order(*args, **kwargs)
-rlf.train.batch_order = slow_order
-from rlf.base import load_base
-from rlf.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_sigkill_then_resume_gives_the_uninterrupted_weights_bit_for_bit(tmp_path, cache_dir, reference_run, capsys):
     run = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-c", SLOW_RLF, "train", "--preset", "tiny", "--out", str(run), *small_overrides(cache_dir)]
-    log = (tmp_path / "stderr.txt").open("wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            state = run / "checkpoint" / "state.json"
-            logged = run / "metrics.jsonl"
-            if state.is_file() and logged.is_file():
-                ckpt_step = json.loads(state.read_text())["step"]
-                steps = [json.loads(x)["step"] for x in logged.read_text().splitlines() if x.endswith("}")]
-                if steps and max(steps) > ckpt_step:  # work done after the checkpoint, which the kill will lose
-                    break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the run ended before it was killed: {(tmp_path / 'stderr.txt').read_text()[-3000:]}"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+    cmd = [sys.executable, str(SLOW_RLF), "train", "--preset", "tiny", "--out", str(run), *small_overrides(cache_dir)]
+    proc = kill_between_checkpoints(cmd, run, env, tmp_path / "stderr.txt")
     assert proc.returncode == -signal.SIGKILL
     killed_at = json.loads((run / "checkpoint" / "state.json").read_text())["step"]
     assert 0 < killed_at < 8 and not (run / "model.safetensors").exists()

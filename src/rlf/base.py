@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rlf.distributed import launched_size, local_rank
 from rlf.errors import RLFError
 
 log = logging.getLogger(__name__)
@@ -272,16 +273,24 @@ class Base:
 
 
 def _resolve_device(device: str) -> torch.device:
+    """`auto`: a GPU if there is one, else the CPU. The GPU of `auto` and `cuda` is this process's own under torchrun
+    (cuda:LOCAL_RANK), so each process on a machine takes another one."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise RLFError(f"--device {device}: not a device; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RLFError(f"--device {device}: no CUDA GPU is available here; use auto or cpu")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise RLFError(f"--device {device}: there are {torch.cuda.device_count()} GPUs (cuda:0..)")
+    if dev.type == "cuda" and dev.index is not None and launched_size() > 1:
+        raise RLFError(f"--device {device}: under torchrun each process takes the GPU of its LOCAL_RANK; "
+                       "use device=auto or cuda")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank())
+    if dev.type == "cuda" and dev.index >= torch.cuda.device_count():
+        more = "; torchrun started more processes on this machine than it has GPUs" if launched_size() > 1 else ""
+        raise RLFError(f"--device {device}: there are {torch.cuda.device_count()} GPUs (cuda:0..){more}")
     return dev
 
 

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from rlf.errors import RLFError
+
+DISTRIBUTED = ("train", "eval", "encode")  # the commands that run as several processes (torchrun, --nproc)
+
+
+def add_nproc_argument(p: argparse.ArgumentParser) -> None:
+    """`--nproc N`: run the command as N processes on this machine (README: Several GPUs / machines)."""
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="run as N processes on this machine (torchrun --standalone, one per GPU, or CPU cores / N "
+                        "threads each); under torchrun, N must be the number it started")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="float16", choices=["float16", "bfloat16"])
     p.add_argument("--cache-dir", default="cache/encodings")
     p.add_argument("--device", default="auto")
+    add_nproc_argument(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("train", help="train an RLF model into a run directory")
@@ -42,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (new)")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in RUN from its last checkpoint")
     p.add_argument("--force", action="store_true", help="resume even if the config or data changed")
+    add_nproc_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("solve", help="print the loop-by-loop trace of a trained run on prompts")
@@ -78,13 +90,15 @@ def _read_prompts(path: str) -> list[str]:
 
 
 def cmd_encode(args) -> int:
+    from rlf import distributed
     from rlf.base import load_base
     from rlf.cache import encode_cached
 
     prompts = _read_prompts(args.file)
     base = load_base(args.base, args.encoder_layers, device=args.device)
     enc = encode_cached(base, prompts, args.cache_dir, args.template, args.storage)
-    print(f"{len(enc)} prompts, {int(enc.lengths.sum())} tokens, d={enc.d}: {enc.path}")
+    if distributed.join().main:
+        print(f"{len(enc)} prompts, {int(enc.lengths.sum())} tokens, d={enc.d}: {enc.path}")
     return 0
 
 
@@ -92,6 +106,7 @@ def cmd_train(args) -> int:
     import json
     from pathlib import Path
 
+    from rlf import distributed
     from rlf.config import TrainConfig, load_config, read_run_config
     from rlf.train import train
 
@@ -115,7 +130,8 @@ def cmd_train(args) -> int:
             raise RLFError("give --preset or --config, not both")
         cfg = load_config(args.preset or "default", args.overrides, args.config)
         summary = train(cfg, args.out)
-    print(json.dumps(summary, indent=2))
+    if distributed.join().main:
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -146,18 +162,46 @@ def cmd_solve(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+def run_command(args, argv: list[str]) -> int:
+    """The command, in this process or (--nproc N) as N processes; under torchrun, in its process group."""
+    if "WORLD_SIZE" not in os.environ and getattr(args, "nproc", None) is None:
+        return args.func(args) or 0
+    from rlf import distributed
+
+    launched = distributed.launched_size()
+    if args.command not in DISTRIBUTED:
+        if launched > 1:
+            raise RLFError(f"rlf {args.command} runs in one process; the commands that run under torchrun are "
+                           f"{', '.join(DISTRIBUTED)}")
+        return args.func(args) or 0
+    nproc = launched if args.nproc is None else args.nproc
+    if nproc < 1 or launched > 1 and nproc != launched:
+        raise RLFError(f"--nproc {nproc}: " + (f"torchrun started {launched} processes; leave --nproc out or give "
+                                               f"{launched}" if launched > 1 else "must be 1 or more"))
+    if nproc > launched:
+        return distributed.launch(nproc, argv)
     try:
         return args.func(args) or 0
+    finally:
+        distributed.leave()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))  # torchrun's: rank 0 alone logs progress, and errors name their rank
+    level = logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    where = f"rlf {args.command}" + (f" (rank {rank})" if rank else "")
+    try:
+        return run_command(args, argv)
     except RLFError as e:
-        print(f"rlf {args.command}: error: {e}", file=sys.stderr)
+        print(f"{where}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         resume = f"; continue with `rlf train --resume {args.resume or args.out}`" if args.command == "train" else ""
-        print(f"rlf {args.command}: interrupted{resume}", file=sys.stderr)
+        print(f"{where}: interrupted{resume}", file=sys.stderr)
         return 130
 
 

@@ -67,7 +67,7 @@ class TrainConfig:
     warmup_steps: int = 50
     max_steps: int = 2000
     grad_clip: float = 1.0
-    bf16: bool = False  # autocast on CUDA; the lifeline gate stays float32
+    bf16: bool = False  # bfloat16 autocast on the run's device (meant for GPUs); parameters, the gate too, stay float32
     device: str = "auto"
     # validation, early stop, checkpoints, logging
     val_every: int = 50

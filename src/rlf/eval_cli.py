@@ -30,11 +30,15 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise/shuffle ablations")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print eval.json instead of the Markdown tables")
+    from rlf.cli import add_nproc_argument
+
+    add_nproc_argument(p)
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate, write eval.json + eval.md into the run, print the tables (or the JSON)."""
+    from rlf import distributed
     from rlf.evaluate import evaluate, render_markdown
     from rlf.train import load_run
 
@@ -44,7 +48,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = load_run(args.run, device=args.device)
     result = evaluate(args.run, data_files=args.data, hops=args.hops, n=args.n, ablations=args.ablate,
                       max_loops=args.max_loops, batch_size=args.batch_size, seed=args.seed, run=run)
-    print(json.dumps(result, indent=2) if args.json else render_markdown(result))
+    if distributed.join().main:
+        print(json.dumps(result, indent=2) if args.json else render_markdown(result))
     return 0
 
 

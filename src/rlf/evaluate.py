@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rlf import distributed
 from rlf.errors import RLFError
 from rlf.model import RLFModel, loop_targets, loops_needed
 from rlf.tasks import Example, default_ood_hops, generate, parse_hops, read_jsonl, write_jsonl
@@ -186,21 +187,27 @@ def run_solve(model: RLFModel, split: Split, *, max_loops: int | None = None, ba
               ) -> tuple[np.ndarray, np.ndarray]:
     """`model.solve` over a split: top-1 ids (N, W) and p(<HALT>) (N, W), padded with -1 / nan.
 
-    Each batch runs at least to its longest target halt loop and at most `max_loops` (default: twice that).
+    Each batch runs at least to its longest target halt loop and at most `max_loops` (default: twice that); its noise
+    or shuffle draws come from (seed, batch). Under torchrun each rank solves every size-th batch and all ranks get
+    every result: the same batches as one process, so the same numbers.
     """
     model.eval()
     n = len(split.examples)
     order = sorted(range(n), key=lambda i: len(split.target_ids[i]))  # batches of similar trace length
-    gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    toks, phs = [None] * n, [None] * n
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True, leave=False):
+    world = distributed.join()
+    batches = world.shard(list(enumerate(order[i : i + batch_size] for i in range(0, n, batch_size))))
+    solved = []
+    for b, idx in tqdm(batches, desc=desc, unit="batch", disable=not progress or not world.main, dynamic_ncols=True,
+                       leave=False):
         x, lengths, tids = split.batch(idx)
         need = loops_needed(tids)
         limit = max_loops or 2 * need
+        gen = torch.Generator().manual_seed(seed * 100_003 + b)
         out = model.solve(x.to(device), lengths, limit, min_loops=min(need, limit), generator=gen, **(ablation or {}))
-        t, p = out["tokens"].cpu().numpy(), out["p_halt"].float().cpu().numpy()
+        solved.append((idx, out["tokens"].cpu().numpy(), out["p_halt"].float().cpu().numpy()))
+    toks, phs = [None] * n, [None] * n
+    for idx, t, p in (batch for rank in distributed.all_gather(solved) for batch in rank):
         for row, i in enumerate(idx):
             toks[i], phs[i] = t[row], p[row]
     return _as_matrix(toks, -1, np.int64), _as_matrix(phs, np.nan, np.float64)
@@ -309,11 +316,12 @@ def evaluate(run_dir: str | Path, *, data_files=(), hops: list[int] | str | None
               "ablations": abl,
               "definitions": DEFINITIONS, "splits": {}}
     answers = trained_answers(run_dir)
+    world = distributed.join()
     for name, examples in sets.items():
-        if write and not any(name == Path(f).stem for f in data_files):
+        if write and world.main and not any(name == Path(f).stem for f in data_files):
             (run_dir / "eval_data").mkdir(parents=True, exist_ok=True)
             write_jsonl(examples, run_dir / "eval_data" / f"{name}.jsonl")
-        split = prepare_split(examples, run.base, run.config, name, progress)
+        split = prepare_split(examples, run.base, run.config, name, progress and world.main)
         log.info("evaluating %s: %d examples, hops %s", name, len(examples), sorted({ex.hops for ex in examples}))
         result["splits"][name] = {
             "n": len(examples), "hops": sorted({ex.hops for ex in examples}),
@@ -321,9 +329,12 @@ def evaluate(run_dir: str | Path, *, data_files=(), hops: list[int] | str | None
                                          max_loops=max_loops, batch_size=batch_size,
                                          seed=seed, name=name, progress=progress, trained_answers=answers),
         }
-    if write:
+    def write_results() -> None:
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
         (run_dir / "eval.md").write_text(render_markdown(result))
+
+    if write:
+        distributed.main_first(write_results)  # rank 0 writes; every rank returns once it has
     return result
 
 

@@ -265,23 +265,23 @@ class RLFModel(nn.Module):
 
 
 def copy_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, token_ids: torch.Tensor,
-              starts: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+              starts: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """The read-out warm-up (supervision=copy): one loop step over the prompt, then the head at k positions per prompt
-    (drawn from `generator`, with replacement) must name the token at that position. It teaches the core and norm to
-    turn a prompt word's state into that word's head row, for every word of every prompt at once.
+    (`uniform` (B, k), numbers in [0, 1) that pick them, with replacement) must name the token at that position. It
+    teaches the core and norm to turn a prompt word's state into that word's head row, for every word of every prompt.
 
     `token_ids` holds the prompts' token ids end to end (1-D), `starts` (B,) where each prompt of the batch begins."""
-    B = x_prompt.shape[0]
+    B, k = uniform.shape
     x, _ = model._start(x_prompt, lengths)
     x = model.step(x, x_prompt, 0)
-    pos = (torch.rand(B, k, generator=generator) * lengths[:, None].float()).long()  # (B, k), < length
+    pos = (uniform * lengths[:, None].float()).long()  # (B, k), < length
     ids = token_ids[starts[:, None] + pos].to(x.device)  # (B, k)
     h = x[torch.arange(B, device=x.device)[:, None], pos.to(x.device) + model.cfg.scratchpad]  # (B, k, d)
     logits = model.head(h)
     loss = F.cross_entropy(logits.float().reshape(B * k, -1), ids.reshape(-1))
     with torch.no_grad():
-        acc = (logits.argmax(-1) == ids).float().mean().item()
-    return loss, {"trace_acc": 0.0, "per_loop_acc": [acc], "copy_acc": acc}
+        hits = int((logits.argmax(-1) == ids).sum())
+    return loss, {"trace_hits": 0, "loop_hits": [hits], "n": B * k}
 
 
 def loops_needed(target_ids: list[list[int]], supervision: str = "per_loop", extra: int = 0) -> int:
@@ -309,19 +309,23 @@ def loop_targets(target_ids: list[list[int]], halt_id: int, n_loops: int, superv
     return out
 
 
-def loop_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """Cross-entropy at every loop, vectorised over batch and loops; plus per-loop loss and accuracies."""
+def loop_loss(logits: torch.Tensor, targets: torch.Tensor, denominator: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy at every loop, vectorised over batch and loops: the sum over supervised loops / `denominator`
+    (default: their count, i.e. the mean); plus the per-loop loss and the hit counts of the n = B examples: per loop
+    (`loop_hits`) and of whole traces (`trace_hits`)."""
     B, L, V = logits.shape
     ce = F.cross_entropy(logits.float().reshape(B * L, V), targets.reshape(B * L), ignore_index=-100, reduction="none")
     ce = ce.view(B, L)
     mask = targets != -100
-    loss = ce.sum() / mask.sum().clamp_min(1)
+    loss = ce.sum() / (mask.sum().clamp_min(1) if denominator is None else denominator)
     with torch.no_grad():
         correct = (logits.argmax(-1) == targets) | ~mask  # (B, L)
         stats = {
             "per_loop_loss": ((ce * mask).sum(0) / mask.sum(0).clamp_min(1)).tolist(),
-            "per_loop_acc": (correct.float().mean(0)).tolist(),
-            "trace_acc": correct.all(1).float().mean().item(),
+            "loop_hits": correct.sum(0).tolist(),
+            "trace_hits": int(correct.all(1).sum()),
+            "n": B,
         }
     return loss, stats
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -22,8 +23,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from rlf import distributed
 from rlf.base import Base, load_base
 from rlf.cache import EncodedSet, apply_template, encode_cached
 from rlf.config import DATA_KEYS, TrainConfig, read_run_config
@@ -44,8 +48,8 @@ class Split:
     encoded: EncodedSet
     target_ids: list[list[int]]
 
-    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-        x, lengths = self.encoded.batch(idx)
+    def batch(self, idx, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        x, lengths = self.encoded.batch(idx, width)
         return x, lengths, [self.target_ids[i] for i in idx]
 
 
@@ -297,8 +301,9 @@ def validate(model: RLFModel, split: Split, batch_size: int = 64, supervision: s
     """
     model.eval()
     n_trace = n_answer = 0
-    for i in range(0, len(split.examples), batch_size):
-        idx = list(range(i, min(i + batch_size, len(split.examples))))
+    n = len(split.examples)
+    for i in distributed.join().shard(range(0, n, batch_size)):  # under torchrun: this rank's batches; counts summed
+        idx = list(range(i, min(i + batch_size, n)))
         x, lengths, tids = split.batch(idx)
         n_loops = loops_needed(tids, supervision)
         logits = model(x.to(model.lm_head.device), lengths, n_loops)
@@ -313,7 +318,7 @@ def validate(model: RLFModel, split: Split, batch_size: int = 64, supervision: s
             n_trace += bool((pred[row, : k + 1] == targets[row, : k + 1]).all())
             n_answer += bool(pred[row, k - 1] == t[-1])
     model.train()
-    n = len(split.examples)
+    n_trace, n_answer = map(int, distributed.all_sum([n_trace, n_answer]))
     return {"val_trace_acc": n_trace / n, "val_answer_acc": n_answer / n, "val_n": n}
 
 
@@ -338,10 +343,41 @@ def _keep_metrics_until(path: Path, step: int) -> None:
     _write_atomic(path, "".join(keep))
 
 
+DDP_ARGS = inspect.signature(DistributedDataParallel).parameters
+
+
+class TrainStep(nn.Module):
+    """`fn(model, *args)` as one module call. DistributedDataParallel averages the gradients of what runs through the
+    forward of the module it wraps, and a step runs either the loop (`RLFModel.__call__`) or the copy warm-up."""
+
+    def __init__(self, model: RLFModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn, *args):
+        return fn(self.model, *args)
+
+
+def check_batch_split(cfg: TrainConfig, plan: list[Phase], world_size: int) -> None:
+    """Each rank trains on batch_size / world_size examples of every global batch: refuse a batch that won't split."""
+    for ph in plan:
+        b = ph.cfg.batch_size
+        if b % world_size:
+            where = f" (phase {ph.name!r})" if cfg.phases else ""
+            near = [m for m in (b - b % world_size, b - b % world_size + world_size) if m > 0]
+            raise RLFError(f"batch_size={b}{where}: the global batch is split evenly over the {world_size} processes; "
+                           f"use a multiple of {world_size}, e.g. {' or '.join(map(str, near))}")
+
+
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool = False, progress: bool = True,
           base: Base | None = None) -> dict:
-    """Train an RLF model into run directory `out`; with resume=True continue from its checkpoint."""
+    """Train an RLF model into run directory `out`; with resume=True continue from its checkpoint.
+
+    Under torchrun each process trains on its share of every global batch (DistributedDataParallel) and rank 0
+    alone writes the run directory; the result is the one-process run's up to float reduction order."""
     run = Path(out)
+    world = distributed.join()
+    progress = progress and world.main
     if resume:
         saved = read_run_config(run)
         if saved.digest() != cfg.digest():
@@ -357,36 +393,45 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         raise RLFError(f"{run} already holds a run; use `rlf train --resume {run}` or choose another --out")
     elif run.exists() and not run.is_dir():
         raise RLFError(f"--out {run}: exists and is not a directory")
-    run.mkdir(parents=True, exist_ok=True)
 
     if cfg.supervision == "copy":
         raise RLFError("config: supervision=copy is a warm-up: set it in a phase (phases: [{name: readout, steps: 200, "
                        "overrides: {supervision: copy}}, {name: main}]), not for the whole run")
     plan = phase_plan(cfg)
+    check_batch_split(cfg, plan, world.size)
     data_files = ["train", "val"] + [f"train.{ph.name}" for ph in plan if ph.own_data]
     torch.manual_seed(cfg.seed)
     base = base or load_base(cfg.base, cfg.encoder_layers, device=cfg.device, loop_layers=cfg.loop_layers)
-    if resume:  # the exact data the run started with
-        train_ex, val_ex = read_jsonl(run / "train.jsonl"), read_jsonl(run / "val.jsonl")
-        try:
-            digests = json.loads((run / "data.json").read_text())
-        except (OSError, ValueError):
-            digests = {}
-        now = {k: file_digest(run / f"{k}.jsonl") if (run / f"{k}.jsonl").is_file() else None for k in data_files}
-        changed = [f"{k}.jsonl (sha256 {digests.get(k)} -> {now[k]})" for k in now if digests.get(k) != now[k]]
-        if changed and not force:
-            raise RLFError(f"{run}: {' and '.join(changed)} changed since the run started; restore the data, "
-                           "or pass --force to continue on the changed data")
-        if changed:
-            log.warning("%s: continuing on changed data (%s), as forced", run, ", ".join(changed))
-    else:
+
+    def set_up() -> dict:
+        """The run's data files (a new run's, made now; a resumed run's, checked); their digests."""
+        run.mkdir(parents=True, exist_ok=True)
+        if resume:  # the exact data the run started with
+            try:
+                digests = json.loads((run / "data.json").read_text())
+            except (OSError, ValueError):
+                digests = {}
+            now = {k: file_digest(run / f"{k}.jsonl") if (run / f"{k}.jsonl").is_file() else None for k in data_files}
+            changed = [f"{k}.jsonl (sha256 {digests.get(k)} -> {now[k]})" for k in now if digests.get(k) != now[k]]
+            if changed and not force:
+                raise RLFError(f"{run}: {' and '.join(changed)} changed since the run started; restore the data, "
+                               "or pass --force to continue on the changed data")
+            if changed:
+                log.warning("%s: continuing on changed data (%s), as forced", run, ", ".join(changed))
+            return now
         train_ex, val_ex = make_data(cfg, base.tokenizer)
         write_jsonl(train_ex, run / "train.jsonl")
         write_jsonl(val_ex, run / "val.jsonl")
         for ph in plan:
             if ph.own_data:
                 write_jsonl(make_data(ph.cfg, base.tokenizer)[0], run / f"train.{ph.name}.jsonl")
-        _write_atomic(run / "data.json", json.dumps({k: file_digest(run / f"{k}.jsonl") for k in data_files}))
+        now = {k: file_digest(run / f"{k}.jsonl") for k in data_files}
+        _write_atomic(run / "data.json", json.dumps(now))
+        return now
+
+    now = distributed.main_first(set_up)  # rank 0 writes, then every rank reads the same files
+    distributed.must_see(run / "train.jsonl", "the run's training data")
+    train_ex, val_ex = read_jsonl(run / "train.jsonl"), read_jsonl(run / "val.jsonl")
     t_encode = time.perf_counter()
     users = {} if resume else {"train": cfg.train_file, "val": cfg.val_file}  # errors name the file given, if any
     train_split = prepare_split(train_ex, base, cfg, str(users.get("train") or run / "train.jsonl"), progress)
@@ -398,26 +443,37 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     distinct = {id(sp): sp for sp in [train_split, val_split, *splits.values()]}.values()
     builds = [sp.encoded.build_seconds for sp in distinct]
     encode_cost = None if None in builds else round(sum(builds), 1)  # what encoding costs without a cache hit
-    if not resume:  # last, once the data is known to be usable: config.json is what makes this a run
+    if not resume and world.main:  # last, once the data is known to be usable: config.json is what makes this a run
         _write_atomic(run / "config.json", json.dumps(cfg.to_dict(), indent=2))
 
     model = build_model(cfg, base)
     opt = make_optimizer(model, cfg)
     state = {"step": 0, "good_checks": 0, "bad_steps": 0, "skipped_steps": 0, "train_seconds": 0.0,
-             "best_val_trace_acc": 0.0, "config_digest": cfg.digest(), "stopped": None}
+             "best_val_trace_acc": 0.0, "config_digest": cfg.digest(), "stopped": None, "world_size": world.size}
     if resume and latest_checkpoint(run) is None:
         log.warning("%s: stopped before its first checkpoint: starting again from step 0", run)
     elif resume:
         state.update(load_checkpoint(run, model, opt))
         log.info("resumed %s at step %d", run, state["step"])
-    if resume:  # the checkpoint fits: record what the rest is trained with, drop metrics of steps to be redone
+        if state["world_size"] != world.size:  # the batches do not depend on it: see check_batch_split, batch_order
+            log.info("%s: trained on %d processes so far, now on %d: every step still trains on the same global "
+                     "batch, so the run goes on as it would have (up to float reduction order)", run,
+                     state["world_size"], world.size)
+            state["world_size"] = world.size
+    if resume and world.main:  # the checkpoint fits: record what the rest is trained with, drop metrics to be redone
         _write_atomic(run / "config.json", json.dumps(cfg.to_dict(), indent=2))
         _write_atomic(run / "data.json", json.dumps(now))
         _keep_metrics_until(run / "metrics.jsonl", state["step"])
-    (run / "model.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
+    if world.main:
+        (run / "model.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
 
     device = base.device
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)  # parameters stay float32
+    step_fn = TrainStep(model)
+    if world.size > 1:  # the buffers are the frozen LM head, the same on every rank: not synced every step
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in DDP_ARGS else "broadcast_buffers"  # torch < 2.13
+        step_fn = DistributedDataParallel(step_fn, device_ids=[device.index] if device.type == "cuda" else None,
+                                          **{no_sync: False})
     metrics_path = run / "metrics.jsonl"
     sizes = {name: [len(t) for t in sp.target_ids] for name, sp in splits.items()}
     model.train()
@@ -428,38 +484,47 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     while state["step"] < cfg.max_steps and state["stopped"] is None:
         step = state["step"]
         ph = phase_at(plan, step)
-        pcfg = ph.cfg
+        pcfg, sp = ph.cfg, splits[ph.name]
         if cfg.phases:
             bar.set_description(f"train [{ph.name}]", refresh=False)
         t0 = time.perf_counter()
-        idx = batch_order(sizes[ph.name], pcfg.batch_size, cfg.seed, step - ph.start)
-        x, lengths, tids = splits[ph.name].batch(idx)
+        idx = batch_order(sizes[ph.name], pcfg.batch_size, cfg.seed, step - ph.start)  # the same on every rank
+        mine = world.shard(idx)  # this rank's part of it, padded as the whole batch would be
+        x, lengths, _ = sp.batch(mine, width=int(sp.encoded.lengths[idx].max()))
+        tids = [sp.target_ids[i] for i in idx]
         for g in opt.param_groups:
             g["lr"] = lr_at(step - ph.start, pcfg)
         opt.param_groups[0]["weight_decay"] = pcfg.weight_decay  # the decayed group (make_optimizer's first)
         if pcfg.supervision == "copy":
             if ph.name not in prompt_ids:  # the phase's prompts as the base encoded them, ids end to end, once
-                ids = base.tokenize([apply_template(cfg.template, ex.prompt) for ex in splits[ph.name].examples])
+                ids = base.tokenize([apply_template(cfg.template, ex.prompt) for ex in sp.examples])
                 starts = torch.tensor([0, *map(len, ids)]).cumsum(0)[:-1]
                 prompt_ids[ph.name] = (torch.tensor([t for row in ids for t in row]), starts)
             flat, starts = prompt_ids[ph.name]
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + step)
+            uniform = world.shard(torch.rand(len(idx), pcfg.copy_positions, generator=gen))
             with autocast:
-                loss, stats = copy_loss(model, x.to(device), lengths, flat, starts[idx], pcfg.copy_positions, gen)
+                loss, stats = step_fn(copy_loss, x.to(device), lengths, flat, starts[mine], uniform)
         else:
             n_loops = loops_needed(tids, pcfg.supervision, pcfg.extra_halt_loops)
-            targets = loop_targets(tids, model.halt_id, n_loops, pcfg.supervision).to(device)
+            targets = loop_targets(tids, model.halt_id, n_loops, pcfg.supervision)
+            # DDP averages the ranks' gradients: each rank's loss is its sum over the global batch's count / ranks
+            share = (targets != -100).sum() / world.size
             with autocast:
-                logits = model(x.to(device), lengths, n_loops)
-            loss, stats = loop_loss(logits, targets)
+                logits = step_fn(RLFModel.__call__, x.to(device), lengths, n_loops)
+            loss, stats = loop_loss(logits, world.shard(targets).to(device), share)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(list(trainable_parameters(model).values()), pcfg.grad_clip)
-        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+        # the whole batch's loss and hit counts (each rank has its part): once a step, outside the loop
+        total_loss, trace_hits, n, *loop_hits = distributed.all_sum(
+            [loss.item(), stats["trace_hits"], stats["n"], *stats["loop_hits"]])
+        total_loss /= world.size
+        if not (math.isfinite(total_loss) and torch.isfinite(grad_norm)):
             state["bad_steps"] += 1
             state["skipped_steps"] += 1
             log.warning("step %d: non-finite loss or gradient (loss=%s, grad_norm=%s): step skipped",
-                        step, loss.item(), grad_norm.item())
+                        step, total_loss, grad_norm.item())
             if state["bad_steps"] >= cfg.max_bad_steps:
                 state["stopped"] = f"non-finite: {state['bad_steps']} consecutive non-finite steps at step {step}"
                 break
@@ -470,42 +535,48 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         state["train_seconds"] += time.perf_counter() - t0
         examples_since += len(idx)
         bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
+        if world.main and (step % cfg.log_every == 0 or step == cfg.max_steps):
             rate = examples_since / (time.perf_counter() - t_last)
             t_last, examples_since = time.perf_counter(), 0
-            rec = {"step": step, **({"phase": ph.name} if cfg.phases else {}), "loss": loss.item(),
-                   "trace_acc": stats["trace_acc"], "lr": lr_at(step - 1 - ph.start, pcfg),
+            rec = {"step": step, **({"phase": ph.name} if cfg.phases else {}), "loss": total_loss,
+                   "trace_acc": trace_hits / n, "lr": lr_at(step - 1 - ph.start, pcfg),
                    "grad_norm": grad_norm.item(), "examples_per_s": rate, "skipped_steps": state["skipped_steps"],
-                   "per_loop_acc": [round(a, 4) for a in stats["per_loop_acc"]]}
+                   "per_loop_acc": [round(h / n, 4) for h in loop_hits]}
             _append_jsonl(metrics_path, rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['trace_acc']:.2f}", ex_s=f"{rate:.0f}")
         if step % cfg.val_every == 0 or step == cfg.max_steps:
             val = validate(model, val_split, supervision=cfg.supervision)
-            _append_jsonl(metrics_path, {"step": step, **val, "train_seconds": state["train_seconds"]})
             state["best_val_trace_acc"] = max(state["best_val_trace_acc"], val["val_trace_acc"])
             state["good_checks"] = state["good_checks"] + 1 if val["val_trace_acc"] >= cfg.early_stop_acc else 0
-            bar.write(f"step {step}: val trace acc {val['val_trace_acc']:.4f}, answer acc {val['val_answer_acc']:.4f}")
+            if world.main:
+                _append_jsonl(metrics_path, {"step": step, **val, "train_seconds": state["train_seconds"]})
+                bar.write(f"step {step}: val trace acc {val['val_trace_acc']:.4f}, "
+                          f"answer acc {val['val_answer_acc']:.4f}")
             if cfg.early_stop_patience and state["good_checks"] >= cfg.early_stop_patience:
                 state["stopped"] = f"early stop: val trace acc >= {cfg.early_stop_acc} at {state['good_checks']} checks"
-        if step % cfg.ckpt_every == 0 or step == cfg.max_steps or state["stopped"]:
+        if world.main and (step % cfg.ckpt_every == 0 or step == cfg.max_steps or state["stopped"]):
             save_checkpoint(run, model, opt, state)
     bar.close()
     if state["stopped"] and state["stopped"].startswith("non-finite"):
-        save_checkpoint(run, model, opt, state)
+        distributed.main_first(lambda: save_checkpoint(run, model, opt, state))
         raise RLFError(f"training stopped: {state['stopped']} (lower lr or check the data); checkpoint kept in {run}")
 
-    _save_weights_atomic(model, run / "model.safetensors")
     final = validate(model, val_split, supervision=cfg.supervision)
     summary = {"run": str(run), "steps": state["step"], "stopped": state["stopped"] or "max_steps",
                "train_seconds": round(state["train_seconds"], 1), "encode_seconds": round(encode_s, 1),
                "encode_cost_seconds": encode_cost,
                "examples_per_s": round(state["step"] * cfg.batch_size / max(state["train_seconds"], 1e-9), 1),
                "skipped_steps": state["skipped_steps"], **peak_memory_mb(device), **final}
-    (run / "summary.json").write_text(json.dumps(summary, indent=2))
-    (run / "summary.md").write_text(
-        "# Training summary\n\n| field | value |\n|---|---|\n"
-        + "".join(f"| {k} | {v} |\n" for k, v in summary.items())
-    )
+
+    def write_results() -> None:
+        _save_weights_atomic(model, run / "model.safetensors")
+        (run / "summary.json").write_text(json.dumps(summary, indent=2))
+        (run / "summary.md").write_text(
+            "# Training summary\n\n| field | value |\n|---|---|\n"
+            + "".join(f"| {k} | {v} |\n" for k, v in summary.items())
+        )
+
+    distributed.main_first(write_results)  # every rank returns once the run directory is complete
     return summary
 
 
