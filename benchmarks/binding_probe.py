@@ -11,7 +11,7 @@ on the other 20%:
 - at Y, Y itself (what the state at a token holds of its own token: the control);
 - at the answer position, the question's name (the query of the first loop), and at the question mark right after it.
 
-    python benchmarks/binding_probe.py [--prompts 1500] [--out docs/experiments/binding_probe.json]
+    python benchmarks/binding_probe.py [--encoder-layers 6,12,30] [--prompts 1500] [--out docs/experiments/binding_probe.json]
 """
 
 from __future__ import annotations
@@ -30,10 +30,20 @@ from rlf.tasks import build_vocab, generate
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/experiments/binding_probe.json")
-    ap.add_argument("--encoder-layers", type=int, default=6)
+    ap.add_argument("--encoder-layers", default="6,12,30", help="comma-separated encoder depths, each probed")
     ap.add_argument("--prompts", type=int, default=1500)
     args = ap.parse_args()
-    base = load_base("smollm2-135m", args.encoder_layers)
+    result = {"command": f"python benchmarks/binding_probe.py --encoder-layers {args.encoder_layers} "
+                         f"--prompts {args.prompts}", "by_encoder_layers": {}}
+    for layers in map(int, args.encoder_layers.split(",")):
+        result["by_encoder_layers"][str(layers)] = probe(load_base("smollm2-135m", layers), args.prompts)
+        print(layers, {k: v["top1"] for k, v in result["by_encoder_layers"][str(layers)]["probes"].items()})
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+def probe(base, n_prompts: int) -> dict:
+    """Every probe's held-out top-1 at one encoder depth."""
     tok = base.tokenizer
     names = build_vocab(tok).names
     name_class = {}  # token id (with and without the leading space) -> name index
@@ -48,7 +58,7 @@ def main() -> None:
     assert len(mark) == 1, mark
     equals, stop, mark = equals[0], stop[0], mark[0]
 
-    examples = generate("chain", args.prompts, [1, 2, 3, 4, 5], 0, tok, order="backward", distractors=2)
+    examples = generate("chain", n_prompts, [1, 2, 3, 4, 5], 0, tok, order="backward", distractors=2)
     template = TrainConfig().template
     probes = {k: ([], [], []) for k in ("key_at_value", "key_at_stop", "value_at_stop", "own_name_at_value",
                                         "question_at_answer", "question_at_mark")}  # (states, classes, prompt index)
@@ -76,25 +86,22 @@ def main() -> None:
             qmark = len(seq) - 1 - seq[::-1].index(mark)
             add("question_at_mark", h[qmark], question[0], prompt)
 
-    n_test_prompts = args.prompts // 5
-    result = {"command": f"python benchmarks/binding_probe.py --prompts {args.prompts}",
-              "encoder_layers": args.encoder_layers, "names": len(names), "chance_top1": round(1 / len(names), 4),
-              "task": "chain order=backward distractors=2 hops=1-5", "prompts": args.prompts,
+    n_test_prompts = n_prompts // 5
+    result = {"encoder_layers": base.encoder_layers, "names": len(names), "chance_top1": round(1 / len(names), 4),
+              "task": "chain order=backward distractors=2 hops=1-5", "prompts": n_prompts,
               "test_prompts": n_test_prompts, "probes": {}}
     for kind, (states, classes, prompt_of) in probes.items():
         X = torch.stack(states)
         X = X / X.norm(dim=-1, keepdim=True)
         y = torch.tensor(classes)
-        test = torch.tensor(prompt_of) >= args.prompts - n_test_prompts  # held out by prompt
+        test = torch.tensor(prompt_of) >= n_prompts - n_test_prompts  # held out by prompt
         Y = torch.nn.functional.one_hot(y[~test], len(names)).float()
         A = X[~test]
         M = torch.linalg.solve(A.T @ A + torch.eye(A.shape[1]), A.T @ Y)
         top1 = (X[test] @ M).argmax(-1) == y[test]
         result["probes"][kind] = {"top1": round(float(top1.float().mean()), 4), "correct": int(top1.sum()),
                                   "n_test": int(test.sum()), "n_train": int((~test).sum())}
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 `rlf eval` measures traces, which a no-loop run does not have; `rlf bench headline` measures its answer (the top-1
 token after one pass of the core) on the headline's sets only. This measures the same answer on the run's own
 validation split and on `rlf eval`'s held-out sets for any hop counts (the sets the sweep's dev columns use), with
-Wilson intervals.
+Wilson intervals, beside the guess: the mean of 1/k, k the number of value words in a prompt (right-hand sides that
+are no statement's name; for chains with distractors, one per chain).
 
     python benchmarks/no_loop_answers.py RUN [--hops 7,9,12] [--n 100] [--out FILE.json]
 """
@@ -12,12 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from rlf.evaluate import eval_sets, fmt_rate
 from rlf.headline.measure import _answer_rate, loop_one_answers
 from rlf.tasks import parse_hops, read_jsonl
 from rlf.train import load_run, prepare_split
+
+
+def value_words(prompt: str) -> int:
+    """How many statements of `X = Y.` have a Y that is no statement's X."""
+    statements = re.findall(r"(\w+) = (\w+)\.", prompt)
+    names = {x for x, _ in statements}
+    return sum(y not in names for _, y in statements)
 
 
 def main() -> None:
@@ -41,7 +50,8 @@ def main() -> None:
     for name, examples in sets.items():
         split = prepare_split(examples, run.base, run.config, name, False)
         result["answer_acc"][name] = r = _answer_rate(loop_one_answers(run.model, split), split.target_ids)
-        print(f"{name}: answer {fmt_rate(r)}")
+        r["guess"] = round(sum(1 / value_words(ex.prompt) for ex in examples) / len(examples), 4)
+        print(f"{name}: answer {fmt_rate(r)}, guessing among the value words {100 * r['guess']:.1f}%")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
 
