@@ -3,7 +3,8 @@ import torch
 
 from rlf.cores import CORES, build_core
 from rlf.errors import RLFError
-from rlf.model import SOLVE_LOOPS, RLFConfig, RLFModel, loop_loss, loop_rope, loop_targets, trainable_parameters
+from rlf.cores.rotary import rotate
+from rlf.model import SOLVE_LOOPS, RLFConfig, RLFModel, loop_loss, loop_targets, trainable_parameters
 
 V, D = 300, 128
 
@@ -132,11 +133,11 @@ def test_gate_scale_zero_severs_lifeline():
 
 def test_rope_identity_at_zero_norm_preserving_and_distinct():
     x = torch.randn(3, 7, D)
-    assert torch.equal(loop_rope(x, 0), x)
+    assert torch.equal(rotate(x, 0), x)
     for i in (1, 5, 40, 1000):  # analytic: any loop index, far past training
-        assert torch.allclose(loop_rope(x, i).norm(dim=-1), x.norm(dim=-1), atol=1e-4)
-    assert not torch.allclose(loop_rope(x, 1), loop_rope(x, 2))
-    assert torch.allclose(loop_rope(loop_rope(x, 2), 3), loop_rope(x, 5), atol=1e-4)  # rotations compose
+        assert torch.allclose(rotate(x, i).norm(dim=-1), x.norm(dim=-1), atol=1e-4)
+    assert not torch.allclose(rotate(x, 1), rotate(x, 2))
+    assert torch.allclose(rotate(rotate(x, 2), 3), rotate(x, 5), atol=1e-4)  # rotations compose
 
 
 def test_learned_loop_position_clamps():
@@ -244,11 +245,13 @@ def test_ablation_sources():
     assert not torch.equal(shuffled[0], x[0])
 
 
-@pytest.mark.parametrize("core,core_dim", [("mamba2", 0), ("mamba2", 64), ("transformer", 0)])
-def test_recall_of_a_remembered_prompt_equals_the_full_pass(core, core_dim):
+@pytest.mark.parametrize("core,core_dim,positions", [("mamba2", 0, "none"), ("mamba2", 64, "none"),
+                                                    ("transformer", 0, "none"), ("transformer", 0, "rope"),
+                                                    ("transformer", 64, "rope")])
+def test_recall_of_a_remembered_prompt_equals_the_full_pass(core, core_dim, positions):
     """loop_span=answer rests on this: remember(x, last) + recall(memory, x[last]) is forward(x) read at last, for
-    every answer position (including 0: nothing remembered) and for a narrow core."""
-    core = build_core(core, D, core_dim=core_dim)
+    every answer position (including 0: nothing remembered), for a narrow core and with rotary positions."""
+    core = build_core(core, D, core_dim=core_dim, positions=positions)
     torch.manual_seed(4)
     with torch.no_grad():
         for p in core.parameters():
@@ -263,13 +266,13 @@ def test_recall_of_a_remembered_prompt_equals_the_full_pass(core, core_dim):
     assert torch.allclose(core.recall(core.remember(x, last), moved[rows, last]), core(moved)[rows, last], atol=1e-5)
 
 
-@pytest.mark.parametrize("core", ["mamba2", "transformer"])
-def test_loop_span_answer_loop0_equals_all_later_loops_see_a_fixed_prompt(core):
+@pytest.mark.parametrize("core,kw", [("mamba2", {}), ("transformer", {}), ("transformer", {"core_pos": "rope"})])
+def test_loop_span_answer_loop0_equals_all_later_loops_see_a_fixed_prompt(core, kw):
     """Loop 0 is the same model either way; from loop 1 the answer-only loop differs (its prompt positions no
     longer change), solve agrees with forward, and the batch solves like single examples."""
     runs = {}
     for span in ("all", "answer"):
-        model = make(core, loop_span=span)
+        model = make(core, loop_span=span, **kw)
         perturb(model)
         runs[span] = model
     x, lengths = prompts()
@@ -291,3 +294,33 @@ def test_loop_span_answer_loop0_equals_all_later_loops_see_a_fixed_prompt(core):
 def test_loop_span_answer_refuses_what_it_does_not_support(kw):
     with pytest.raises(RLFError, match="loop_span=answer"):
         RLFConfig(d_model=D, vocab_size=V, loop_span="answer", **kw)
+
+
+def test_transformer_core_attention_is_torchs_layer_and_rope_makes_it_see_order():
+    """The core computes attention from each nn.TransformerEncoderLayer's own projections (so that it can rotate
+    them): without positions that equals torch's layer stack; with core_pos=rope the last position tells the order
+    of two earlier tokens apart, which a one-layer position-free core cannot (its last output sees a set)."""
+    from rlf.cores.transformer import TransformerCore
+
+    torch.manual_seed(5)
+    plain = TransformerCore(D)
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.randn(3, 9, D)
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(9)
+    torchs = plain.out_proj(plain.norm(plain.encoder(x, mask=causal, is_causal=True)))
+    assert torch.allclose(plain(x), torchs, atol=1e-5)
+    swapped = x.clone()
+    swapped[:, [2, 5]] = x[:, [5, 2]]
+    for positions, differs in (("none", False), ("rope", True)):
+        core = TransformerCore(D, n_layers=1, positions=positions)
+        core.load_state_dict(TransformerCore(D, n_layers=1).state_dict() | {
+            k: v for k, v in plain.state_dict().items() if k.startswith(("norm", "out_proj", "encoder.layers.0"))})
+        moved = (core(x)[:, -1] - core(swapped)[:, -1]).abs().max()
+        assert (moved > 1e-3) == differs, (positions, float(moved))
+
+
+def test_core_pos_is_for_the_transformer_core():
+    with pytest.raises(RLFError, match="core_pos=rope is for core=transformer"):
+        RLFConfig(d_model=D, vocab_size=V, core="mamba2", core_pos="rope")

@@ -50,6 +50,7 @@ class TrainConfig:
     bridge_rank: int = 0
     core_dim: int = 0  # the core's width: 0 = the base's; k < d loops a k-wide core between d->k and k->d maps
     loop_span: Literal["all", "answer"] = "all"  # each loop updates every position, or the answer one (mamba2, transformer)
+    core_pos: Literal["none", "rope"] = "none"  # transformer core: rotary positions over the prompt tokens
     chunk_size: int = 64
     loop_layers: int = 0  # the seeds' full recipe: this many base layers above encoder_layers run inside the loop
     lora_rank: int = 8  # ... adapted with LoRA of this rank and alpha (only the adapters train)

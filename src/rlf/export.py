@@ -43,6 +43,9 @@ def check_exportable(cfg, base_type: str) -> None:
     if cfg.loop_span != "all":
         raise RLFError(f"rlf export: loop_span={cfg.loop_span} is not supported by the C runtime, which loops every "
                        "position; export a model trained with loop_span=all")
+    if cfg.core_pos != "none":
+        raise RLFError(f"rlf export: core_pos={cfg.core_pos} (rotary attention in the core) is not supported by the C "
+                       "runtime; export a model trained with core_pos=none")
     if base_type != "llama":
         raise RLFError(f"rlf export: base={cfg.base} is a {base_type} model; the C runtime runs Llama bases only "
                        "(smollm2-135m, tiny-llama, or another Llama checkpoint)")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlf.cores import build_core
+from rlf.cores.rotary import rotate
 from rlf.errors import RLFError
 
 SOLVE_LOOPS = 64  # the default loop limit of `solve`: enough for 62 hops (62 pointers, the answer, <HALT>)
@@ -43,12 +44,17 @@ class RLFConfig:
     lora_rank: int = 8  # the seeds' rank-8 LoRA
     lora_alpha: float = 16.0
     loop_span: Literal["all", "answer"] = "all"  # what each loop updates; see RLFModel._loop
+    core_pos: Literal["none", "rope"] = "none"  # token positions inside the core: rotary attention (transformer only)
 
     def __post_init__(self):
         for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
-                            ("loop_pos", ("rope", "learned", "none")), ("loop_span", ("all", "answer"))):
+                            ("loop_pos", ("rope", "learned", "none")), ("loop_span", ("all", "answer")),
+                            ("core_pos", ("none", "rope"))):
             if getattr(self, name) not in valid:
                 raise RLFError(f"model.{name}={getattr(self, name)!r}: use one of {', '.join(valid)}")
+        if self.core_pos != "none" and self.core != "transformer":
+            raise RLFError(f"core_pos={self.core_pos} is for core=transformer (a {self.core} core's scan and "
+                           f"convolution are positional already)")
         if self.loop_span == "answer":
             clash = [k for k in ("scratchpad", "loop_layers") if getattr(self, k)]
             if self.core not in ("mamba2", "transformer") or clash:
@@ -63,16 +69,6 @@ class RLFConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def loop_rope(x: torch.Tensor, loop_index: int | torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotate interleaved pairs (x0,x1), (x2,x3), ... by loop_index * base^(-2j/d): identity at 0, norm-preserving."""
-    d = x.shape[-1]
-    inv_freq = base ** (-torch.arange(0, d // 2, device=x.device, dtype=torch.float32) * 2 / d)  # (d/2,)
-    angle = torch.as_tensor(loop_index, device=x.device, dtype=torch.float32) * inv_freq
-    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]  # (..., d/2)
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
 
 def with_lora(layers: nn.Module, rank: int, alpha: float) -> nn.Module:
@@ -104,7 +100,7 @@ class RLFModel(nn.Module):
             self.loop_embedding = nn.Parameter(torch.randn(cfg.max_loops, d) * 0.02)
         if cfg.scratchpad:
             self.scratchpad = nn.Parameter(torch.randn(cfg.scratchpad, d) * 0.02)
-        self.core = build_core(cfg.core, d, chunk_size=cfg.chunk_size, core_dim=cfg.core_dim)
+        self.core = build_core(cfg.core, d, chunk_size=cfg.chunk_size, core_dim=cfg.core_dim, positions=cfg.core_pos)
         self.loop_norm = nn.RMSNorm(d, eps=1e-5)
         if cfg.bridge_rank:
             self.bridge_down = nn.Linear(d, cfg.bridge_rank, bias=False)
@@ -160,7 +156,7 @@ class RLFModel(nn.Module):
                 inject = F.pad(inject, (0, 0, self.cfg.scratchpad, 0))
             x = x + inject
         if self.cfg.loop_pos == "rope":
-            x = loop_rope(x, loop_index)
+            x = rotate(x, loop_index)
         elif self.cfg.loop_pos == "learned":
             x = x + self.loop_embedding[min(loop_index, self.cfg.max_loops - 1)]
         return x
@@ -339,4 +335,4 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["RLFConfig", "RLFModel", "loop_rope", "loops_needed", "loop_targets", "loop_loss", "trainable_parameters"]
+__all__ = ["RLFConfig", "RLFModel", "loops_needed", "loop_targets", "loop_loss", "trainable_parameters"]

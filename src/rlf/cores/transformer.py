@@ -1,6 +1,10 @@
-"""A 2-layer pre-norm causal Transformer encoder.
+"""A 2-layer pre-norm causal Transformer encoder, optionally with rotary positions over the prompt.
 
-Causal like the SSM cores, so right-padding never reaches a real position and no mask is needed.
+Causal like the SSM cores, so right-padding never reaches a real position and no mask is needed. The layers are
+torch's `nn.TransformerEncoderLayer` (their parameters, their feed-forward block); attention is computed here from
+the layer's own projections, so that `positions="rope"` can rotate queries and keys by their token position (the
+core can then address "the token k back", which a position-free core cannot: on shuffled pointer chains it must
+bind a statement's name to its value, and the frozen encoder does not, see benchmarks/binding_probe.py).
 """
 
 from __future__ import annotations
@@ -9,10 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlf.cores.rotary import rotate
+
+POSITIONS = ("none", "rope")
+
 
 class TransformerCore(nn.Module):
-    def __init__(self, d_model: int, n_layers: int = 2, head_dim: int = 64):
+    def __init__(self, d_model: int, n_layers: int = 2, head_dim: int = 64, positions: str = "none"):
         super().__init__()
+        if positions not in POSITIONS:
+            raise ValueError(f"positions={positions!r}: use one of {', '.join(POSITIONS)}")
+        self.positions = positions
         n_heads = max(1, d_model // head_dim)
         layer = nn.TransformerEncoderLayer(
             d_model, n_heads, dim_feedforward=4 * d_model, dropout=0.0, activation="gelu",
@@ -23,23 +34,38 @@ class TransformerCore(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
         nn.init.zeros_(self.out_proj.weight)
 
+    def _qkv(self, layer, h: torch.Tensor, position: torch.Tensor):
+        """Queries, keys, values (B, heads, T, head_dim) of h (B, T, d) at token positions `position` ((T,) or
+        (B, T)), rotated by those positions when positions="rope"."""
+        q, k, v = _project(layer, layer.norm1(h))
+        if self.positions == "rope":
+            angle = position[:, None] if position.dim() == 2 else position  # broadcast over heads
+            q, k = rotate(q, angle), rotate(k, angle)
+        return q, k, v
+
+    def _layers(self, x: torch.Tensor, keep: bool = False):
+        """The causal pass over x (B, T, d); with keep, also every layer's keys and values."""
+        B, T, d = x.shape
+        position = torch.arange(T, device=x.device)
+        h, keys, values = x, [], []
+        for layer in self.encoder.layers:
+            q, k, v = self._qkv(layer, h, position)
+            if keep:
+                keys.append(k)
+                values.append(v)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, heads, T, head_dim)
+            h = h + layer.self_attn.out_proj(out.transpose(1, 2).reshape(B, T, d))
+            h = h + layer._ff_block(layer.norm2(h))
+        return h, keys, values
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.shape[1]
-        causal = nn.Transformer.generate_square_subsequent_mask(T, device=x.device, dtype=x.dtype)
-        return self.out_proj(self.norm(self.encoder(x, mask=causal, is_causal=True)))  # (B, T, d)
+        return self.out_proj(self.norm(self._layers(x)[0]))  # (B, T, d)
 
     def remember(self, x: torch.Tensor, last: torch.Tensor) -> dict:
         """loop_span=answer: every layer's keys and values at positions < last (B,), from one causal pass."""
-        T = x.shape[1]
-        causal = nn.Transformer.generate_square_subsequent_mask(T, device=x.device, dtype=x.dtype)
-        keys, values, h = [], [], x
-        for layer in self.encoder.layers:
-            k, v = _project(layer, layer.norm1(h))[1:]
-            keys.append(k)
-            values.append(v)
-            h = layer(h, src_mask=causal, is_causal=True)
-        before = torch.arange(T, device=x.device)[None, :] < last[:, None]  # (B, T)
-        return {"keys": keys, "values": values, "before": before}
+        _, keys, values = self._layers(x, keep=True)
+        before = torch.arange(x.shape[1], device=x.device)[None, :] < last[:, None]  # (B, T)
+        return {"keys": keys, "values": values, "before": before, "last": last}
 
     def recall(self, memory: dict, a: torch.Tensor) -> torch.Tensor:
         """The update at the answer position for its input a (B, d): it attends to the remembered positions and
@@ -47,12 +73,11 @@ class TransformerCore(nn.Module):
         B = a.shape[0]
         h = a
         for layer, k_mem, v_mem in zip(self.encoder.layers, memory["keys"], memory["values"]):
-            attn = layer.self_attn
-            q, k, v = _project(layer, layer.norm1(h)[:, None])  # (B, heads, 1, head_dim)
+            q, k, v = self._qkv(layer, h[:, None], memory["last"][:, None])  # (B, heads, 1, head_dim)
             keys, values = torch.cat([k_mem, k], 2), torch.cat([v_mem, v], 2)  # (B, heads, T + 1, head_dim)
             mask = F.pad(memory["before"], (0, 1), value=True)[:, None, None]  # (B, 1, 1, T + 1)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, heads, 1, head_dim)
-            h = h + attn.out_proj(out.transpose(1, 2).reshape(B, -1))
+            h = h + layer.self_attn.out_proj(out.transpose(1, 2).reshape(B, -1))
             h = h + layer._ff_block(layer.norm2(h))
         return self.out_proj(self.norm(h))
 
