@@ -132,6 +132,75 @@ def test_copy_warmup_supervises_each_sampled_position_with_its_own_token(tiny_ll
     assert model.core.mixer.out_proj.weight.grad.abs().max() > 0  # the core learns from it (tiny: a Mamba2 core)
 
 
-def test_copy_is_refused_for_a_whole_run(tmp_path, tiny_llama):
-    with pytest.raises(RLFError, match="supervision=copy is a warm-up"):
-        train(load_config("tiny", ["supervision=copy"]), tmp_path / "run", progress=False, base=tiny_llama)
+@pytest.mark.parametrize("warmup", ["copy", "lookup"])
+def test_a_warmup_is_refused_for_a_whole_run(tmp_path, tiny_llama, warmup):
+    with pytest.raises(RLFError, match=f"supervision={warmup} is a warm-up"):
+        train(load_config("tiny", [f"supervision={warmup}"]), tmp_path / "run", progress=False, base=tiny_llama)
+
+
+def test_chain_lookups_are_the_references_to_names_already_assigned():
+    from rlf.tasks.chain import chain_lookups
+
+    text = "CJ = IB. ML = CJ. IB = NT. OF = ML. What is OF?\nAnswer:"
+    found = chain_lookups(text)
+    # ML's value CJ was assigned before (-> IB), IB's reference NT comes before NT is assigned: none; ML -> CJ; OF -> ML
+    assert [(text[:end].rsplit(" ", 1)[-1], word) for end, word in found] == [("CJ", "IB"), ("ML", "CJ"), ("OF", "ML")]
+    assert chain_lookups("A = sun. What is B?") == []
+    with pytest.raises(RLFError, match="assigns 'A' twice"):
+        chain_lookups("A = sun. A = moon. What is A?")
+
+
+def test_lookup_warmup_targets_the_token_of_each_reference(tiny_llama):
+    """supervision=lookup: the pairs point at the last token of each reference, with the assigned word's target id;
+    a phase trains on them (loss falls on a tiny base) and a prompt that poses no lookup is refused by name."""
+    from rlf.tasks import Example, target_token_id
+    from rlf.train import lookup_pairs
+
+    tok = tiny_llama.tokenizer
+    ex = Example(id="e1", task="chain", prompt="K = moon. P = K. Q = P. What is Q?", targets=["P", "K", "moon"],
+                 answer="moon", hops=2)
+    [(pos, ids)] = lookup_pairs([ex], tok, "{prompt}\nAnswer:", "warm")
+    pieces = tok.convert_ids_to_tokens(tok("K = moon. P = K. Q = P. What is Q?\nAnswer:")["input_ids"])
+    assert [pieces[p].lstrip("Ġ") for p in pos.tolist()] == ["K", "P", "Q"]
+    assert ids.tolist() == [target_token_id(tok, w) for w in ("moon", "K", "P")]
+    bad = Example(id="e2", task="chain", prompt="K = moon. What is Z?", targets=["moon"], answer="moon", hops=0)
+    with pytest.raises(RLFError, match=r"phase warm: supervision=lookup: example 1 \(id e2\) poses no lookup"):
+        lookup_pairs([bad], tok, "{prompt}", "warm")
+
+
+def test_a_lookup_phase_trains_on_exactly_those_pairs(tmp_path, tiny_llama):
+    """A lookup phase then the task: the phase's loss is the cross-entropy of the head at its pairs after one loop
+    (the run's first step, recomputed from the same initial weights), and the task phase follows it."""
+    import torch.nn.functional as F
+
+    from rlf.model import position_loss
+    from rlf.train import build_model, lookup_pairs
+
+    cfg = load_config("tiny", ["max_steps=8", "log_every=1", "val_every=8", "order=backward", "distractors=1",
+                               "phases=[{name: lk, steps: 4, overrides: {supervision: lookup}}, {name: main}]"])
+    train(cfg, tmp_path / "run", progress=False, base=tiny_llama)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("phase") for r in rows if "loss" in r] == ["lk"] * 4 + ["main"] * 4
+    examples = read_jsonl(tmp_path / "run" / "train.jsonl")
+    idx = rlf.train.batch_order([len(ex.targets) for ex in examples], cfg.batch_size, cfg.seed, 0)
+    batch = [examples[i] for i in idx]
+    pairs = lookup_pairs(batch, tiny_llama.tokenizer, cfg.template, "lk")
+    x, lengths = tiny_llama.encode_ids(tiny_llama.tokenize([cfg.template.replace("{prompt}", ex.prompt) for ex in batch]))
+    r = torch.cat([torch.full((len(p),), b) for b, (p, _) in enumerate(pairs)])
+    pos, ids = torch.cat([p for p, _ in pairs]), torch.cat([t for _, t in pairs])
+    model = build_model(cfg, tiny_llama)
+    loss, stats = position_loss(model, x, lengths, r, pos, ids)
+    logits = model.head(model.step(*model._start(x, lengths)[:1], x, 0)[r, pos])
+    torch.testing.assert_close(loss, F.cross_entropy(logits, ids))
+    assert stats["n"] == len(ids) >= len(batch)  # every backward chain poses its question's lookup at least
+    assert rows[0]["loss"] == pytest.approx(loss.item(), rel=1e-4)
+
+
+def test_the_seeds_schedule_preset_is_the_larger_seeds_three_phases_on_its_design():
+    cfg, design = load_config("seeds-1.4b"), load_config("gpu-mamba-1.4b")
+    plan = phase_plan(cfg)
+    assert [(ph.name, ph.start) for ph in plan] == [("3a", 0), ("3b", 2000), ("3c", 10000)] and cfg.max_steps == 11000
+    assert plan[0].cfg.supervision == "copy" and plan[1].cfg.supervision == "per_loop"
+    assert plan[2].cfg.lr == cfg.lr / 10 and cfg.early_stop_patience == 0  # an early stop would skip the recovery
+    same = ("base", "encoder_layers", "core", "scratchpad", "bridge_rank", "task", "order", "hops", "n_train", "bf16")
+    assert {k: getattr(cfg, k) for k in same} == {k: getattr(design, k) for k in same}

@@ -57,7 +57,7 @@ class TrainConfig:
     lora_alpha: float = 16.0
     # answer_once: no loop (a baseline); copy: a read-out warm-up phase, one loop, every sampled prompt position
     # must read out its own token through the head (dense: copy_positions targets per prompt, no chain targets)
-    supervision: Literal["per_loop", "final", "answer_once", "copy"] = "per_loop"
+    supervision: Literal["per_loop", "final", "answer_once", "copy", "lookup"] = "per_loop"
     copy_positions: int = 8
     extra_halt_loops: int = 1  # loops past the longest trace in a batch, all <HALT>: teaches halting to stick
     # optimisation

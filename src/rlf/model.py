@@ -268,16 +268,25 @@ def copy_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, to
 
     `token_ids` holds the prompts' token ids end to end (1-D), `starts` (B,) where each prompt of the batch begins."""
     B, k = uniform.shape
+    pos = (uniform * lengths[:, None].float()).long()  # (B, k), < length
+    ids = token_ids[starts[:, None] + pos]  # (B, k)
+    rows = torch.arange(B)[:, None].expand(B, k)
+    return position_loss(model, x_prompt, lengths, rows.reshape(-1), pos.reshape(-1), ids.reshape(-1))
+
+
+def position_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor,
+                  pos: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """One loop step over every prompt position, then the head at the pairs (rows[j], pos[j]) (each (N,)) must name
+    ids[j]: the dense targets of the copy and lookup warm-ups (supervision=copy, supervision=lookup)."""
     x, _ = model._start(x_prompt, lengths)
     x = model.step(x, x_prompt, 0)
-    pos = (uniform * lengths[:, None].float()).long()  # (B, k), < length
-    ids = token_ids[starts[:, None] + pos].to(x.device)  # (B, k)
-    h = x[torch.arange(B, device=x.device)[:, None], pos.to(x.device) + model.cfg.scratchpad]  # (B, k, d)
+    h = x[rows.to(x.device), pos.to(x.device) + model.cfg.scratchpad]  # (N, d)
     logits = model.head(h)
-    loss = F.cross_entropy(logits.float().reshape(B * k, -1), ids.reshape(-1))
+    ids = ids.to(x.device)
+    loss = F.cross_entropy(logits.float(), ids)
     with torch.no_grad():
         hits = int((logits.argmax(-1) == ids).sum())
-    return loss, {"trace_hits": 0, "loop_hits": [hits], "n": B * k}
+    return loss, {"trace_hits": 0, "loop_hits": [hits], "n": len(ids)}
 
 
 def loops_needed(target_ids: list[list[int]], supervision: str = "per_loop", extra: int = 0) -> int:

@@ -32,7 +32,8 @@ from rlf.base import Base, load_base
 from rlf.cache import EncodedSet, apply_template, encode_cached
 from rlf.config import DATA_KEYS, TrainConfig, read_run_config
 from rlf.errors import RLFError
-from rlf.model import RLFConfig, RLFModel, copy_loss, loop_loss, loop_targets, loops_needed, trainable_parameters
+from rlf.model import (RLFConfig, RLFModel, copy_loss, loop_loss, loop_targets, loops_needed, position_loss,
+                       trainable_parameters)
 from rlf.tasks import Example, read_jsonl, target_token_id, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,28 @@ def make_data(cfg: TrainConfig, tokenizer) -> tuple[list[Example], list[Example]
         pool = generate(cfg.task, cfg.n_val * 2, parse_hops(cfg.hops), cfg.data_seed + 7919, tokenizer, **opts)
         val = [ex for ex in pool if ex.prompt not in seen][: cfg.n_val]
     return train, val
+
+
+def lookup_pairs(examples: list[Example], tokenizer, template: str, phase: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """supervision=lookup: per example, the token positions where its prompt refers to an already assigned name and
+    the id of the word assigned there ((n,), (n,)); see rlf.tasks.chain.chain_lookups."""
+    from rlf.tasks.chain import chain_lookups
+
+    out, ids = [], {}
+    for n, ex in enumerate(examples, 1):
+        text = apply_template(template, ex.prompt)
+        spans = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+        ends = torch.tensor([end for _, end in spans])
+        found = chain_lookups(text)
+        if not found:
+            raise RLFError(f"phase {phase}: supervision=lookup: example {n} (id {ex.id}) poses no lookup: its prompt "
+                           f"has no 'X = Y.' statement referred to later ({ex.prompt[:80]!r})")
+        for _, word in found:
+            if word not in ids:
+                ids[word] = target_token_id(tokenizer, word)
+        pos = torch.searchsorted(ends, torch.tensor([end for end, _ in found]))  # the token holding the last character
+        out.append((pos, torch.tensor([ids[word] for _, word in found])))
+    return out
 
 
 def prepare_split(examples: list[Example], base: Base, cfg: TrainConfig, name: str, progress: bool) -> Split:
@@ -395,9 +418,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     elif run.exists() and not run.is_dir():
         raise RLFError(f"--out {run}: exists and is not a directory")
 
-    if cfg.supervision == "copy":
-        raise RLFError("config: supervision=copy is a warm-up: set it in a phase (phases: [{name: readout, steps: 200, "
-                       "overrides: {supervision: copy}}, {name: main}]), not for the whole run")
+    if cfg.supervision in ("copy", "lookup"):
+        raise RLFError(f"config: supervision={cfg.supervision} is a warm-up: set it in a phase (phases: [{{name: warm, "
+                       f"steps: 200, overrides: {{supervision: {cfg.supervision}}}}}, {{name: main}}]), not for the "
+                       f"whole run")
     plan = phase_plan(cfg)
     check_batch_split(cfg, plan, world.size)
     data_files = ["train", "val"] + [f"train.{ph.name}" for ph in plan if ph.own_data]
@@ -506,6 +530,14 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
             uniform = world.shard(torch.rand(len(idx), pcfg.copy_positions, generator=gen))
             with autocast:
                 loss, stats = step_fn(copy_loss, x.to(device), lengths, flat, starts[mine], uniform)
+        elif pcfg.supervision == "lookup":
+            if ph.name not in prompt_ids:
+                prompt_ids[ph.name] = lookup_pairs(sp.examples, base.tokenizer, cfg.template, ph.name)
+            pairs = [prompt_ids[ph.name][i] for i in mine]
+            rows = torch.cat([torch.full((len(p),), r) for r, (p, _) in enumerate(pairs)])
+            with autocast:
+                loss, stats = step_fn(position_loss, x.to(device), lengths, rows,
+                                      torch.cat([p for p, _ in pairs]), torch.cat([t for _, t in pairs]))
         else:
             n_loops = loops_needed(tids, pcfg.supervision, pcfg.extra_halt_loops)
             targets = loop_targets(tids, model.halt_id, n_loops, pcfg.supervision)

@@ -8,6 +8,7 @@ interleaves N unrelated chains; every variable is assigned exactly once.
 
 from __future__ import annotations
 
+import re
 from random import Random
 
 from rlf.errors import RLFError
@@ -65,3 +66,26 @@ def sample_chain(
         targets=[*pointers, values[0]],
         meta={"order": order, "distractors": distractors},
     )
+
+
+_STATEMENT = re.compile(r"(?:^|(?<=\s))(\S+) = (\S+?)\.(?=\s|$)")
+_QUESTION = re.compile(r"What is (\S+?)\?")
+
+
+def chain_lookups(text: str) -> list[tuple[int, str]]:
+    """Every lookup a chain prompt poses at a position, for the lookup warm-up (supervision=lookup): where a name is
+    referred to (a statement's right-hand side, or the question's name) after the statement that assigns it,
+    (the character offset just past that reference, the word it is assigned). A causal core at that position has
+    seen the assignment; the question's own lookup is the chain's first pointer."""
+    assigned: dict[str, str] = {}
+    refs = [(m.end(2), m.start(), m.group(1), m.group(2)) for m in _STATEMENT.finditer(text)]
+    refs += [(m.end(1), m.start(), None, m.group(1)) for m in _QUESTION.finditer(text)]
+    out = []
+    for end, start, name, ref in sorted(refs):
+        if ref in assigned:
+            out.append((end, assigned[ref]))
+        if name is not None:
+            if name in assigned:
+                raise RLFError(f"chain prompt assigns {name!r} twice: {text!r}")
+            assigned[name] = ref
+    return out
