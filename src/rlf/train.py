@@ -306,13 +306,14 @@ def validate(model: RLFModel, split: Split, batch_size: int = 64, supervision: s
     model.eval()
     n_trace = n_answer = 0
     n = len(split.examples)
+    scored = "answer_once" if supervision == "answer_once" else "per_loop"  # every loop counts, however trained
     for i in distributed.join().shard(range(0, n, batch_size)):  # under torchrun: this rank's batches; counts summed
         idx = list(range(i, min(i + batch_size, n)))
         x, lengths, tids = split.batch(idx)
         n_loops = loops_needed(tids, supervision)
         logits = model(x.to(model.lm_head.device), lengths, n_loops)
-        scored = "answer_once" if supervision == "answer_once" else "per_loop"  # every loop counts, however trained
-        targets = loop_targets(tids, model.halt_id, n_loops, scored, model.cfg.target_tokens)
+        slots = logits.shape[2] if logits.dim() == 4 else 1  # (B, L, K, V + 1) with K read-out slots
+        targets = loop_targets(tids, model.halt_id, n_loops, scored, slots)
         hit = (logits.argmax(-1).cpu() == targets) | (targets == IGNORE)  # (B, L), or (B, L, K)
         if hit.dim() == 3:
             hit = hit.all(-1)  # a loop is right when every slot of its word is
@@ -516,7 +517,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
             n_loops = loops_needed(tids, pcfg.supervision, pcfg.extra_halt_loops)
             targets = loop_targets(tids, model.halt_id, n_loops, pcfg.supervision, cfg.target_tokens)
             # DDP averages the ranks' gradients: each rank's loss is its sum over the global batch's count / ranks
-            share = (targets != -100).sum() / world.size
+            share = (targets != IGNORE).sum() / world.size
             with autocast:
                 logits = step_fn(RLFModel.__call__, x.to(device), lengths, n_loops)
             loss, stats = loop_loss(logits, world.shard(targets).to(device), share)
