@@ -153,11 +153,13 @@ def cmd_solve(args) -> int:
     if args.json:
         print(json.dumps(traces, indent=2))
         return 0
+    words = run.config.target_tokens > 1  # each loop's whole word, p = the product of its slots' probabilities
     for prompt, trace in zip(args.prompts, traces):
         print(prompt)
-        print(f"{'loop':>4}  {'token':<12} {'p':>6}  {'p(HALT)':>7}")
+        width = max([12, *(len(t["token"]) for t in trace)]) if words else 12
+        print(f"{'loop':>4}  {'word' if words else 'token':<{width}} {'p':>6}  {'p(HALT)':>7}")
         for t in trace:
-            print(f"{t['loop']:>4}  {t['token']:<12} {t['p']:>6.3f}  {t['p_halt']:>7.3f}")
+            print(f"{t['loop']:>4}  {t['token']:<{width}} {t['p']:>6.3f}  {t['p_halt']:>7.3f}")
         print()
     return 0
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from rlf import distributed
 from rlf.errors import RLFError
-from rlf.model import RLFModel, loop_targets, loops_needed
+from rlf.model import IGNORE, RLFModel, loop_targets, loops_needed
 from rlf.tasks import Example, default_ood_hops, generate, parse_hops, read_jsonl, write_jsonl
 from rlf.train import LoadedRun, Split, chain_options, load_run, prepare_split
 
@@ -80,24 +80,31 @@ def rate(k: int, n: int) -> dict:
 # ----------------------------------------------------------------------------------------------- metrics
 
 def _as_matrix(rows, fill, dtype) -> np.ndarray:
-    """A (N, L) array from an array or from ragged per-example lists, padded with `fill`."""
+    """A (N, L) array (or (N, L, K), rows of words) from an array or from ragged per-example lists, padded with
+    `fill`."""
     if isinstance(rows, (np.ndarray, torch.Tensor)):
         return np.asarray(rows, dtype=dtype)
     width = max((len(r) for r in rows), default=0)
-    out = np.full((len(rows), width), fill, dtype=dtype)
+    out = np.full((len(rows), width, *(np.shape(rows[0])[1:] if len(rows) else ())), fill, dtype=dtype)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return out
 
 
 def absorb_halt(tokens, halt_id: int, width: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens (N, >= width) with every loop from the first <HALT> on set to <HALT>, and that first loop (or -1)."""
+    """Tokens (N, >= width) with every loop from the first <HALT> on set to <HALT>, and that first loop (or -1).
+
+    Words (N, >= width, K) (`rlf.model.word_of`) halt at slot 0; from then on a loop is [<HALT>, IGNORE, ...]."""
     tokens = _as_matrix(tokens, -1, np.int64)
     if tokens.shape[1] < width:
-        tokens = np.pad(tokens, ((0, 0), (0, width - tokens.shape[1])), constant_values=-1)
-    is_halt = tokens == halt_id
+        pad = [(0, 0), (0, width - tokens.shape[1])] + [(0, 0)] * (tokens.ndim - 2)
+        tokens = np.pad(tokens, pad, constant_values=-1)
+    is_halt = (tokens if tokens.ndim == 2 else tokens[..., 0]) == halt_id
     first = np.where(is_halt.any(1), is_halt.argmax(1), -1)
     after = (first[:, None] >= 0) & (np.arange(tokens.shape[1])[None, :] >= first[:, None])
+    if tokens.ndim == 3:
+        halt_word = np.array([halt_id] + [IGNORE] * (tokens.shape[2] - 1))
+        return np.where(after[..., None], halt_word, tokens), first
     return np.where(after, halt_id, tokens), first
 
 
@@ -106,19 +113,25 @@ def score(tokens, p_halt, target_ids: list[list[int]], halt_id: int, reference=N
 
     `tokens` and `p_halt` are (N, L) arrays or ragged lists; `reference` (the intact model's tokens) adds
     `agree`. Returns trace_ok, answer_ok, halted, halt_hit, halt_loop, halt_p (N,) and loop_ok, loop_mask
-    (N, K + 1). Tokens after the first <HALT> count as <HALT> (halting is absorbing).
+    (N, K + 1). Tokens after the first <HALT> count as <HALT> (halting is absorbing). With words (N, L, slots) as
+    `tokens` (targets of up to `slots` tokens, as `solve` returns `words`) a loop is right when its whole word is.
     """
     k = np.array([len(t) for t in target_ids])  # the target halt loop (0-based)
     width = int(k.max()) + 1
-    targets = loop_targets(target_ids, halt_id, width).numpy()  # (N, K + 1)
     tokens, first = absorb_halt(tokens, halt_id, width)
+    slots = tokens.shape[2] if tokens.ndim == 3 else 1
+    targets = loop_targets(target_ids, halt_id, width, slots=slots).numpy()  # (N, K + 1), or (N, K + 1, slots)
+
+    def same(a, b):  # loop by loop: the token, or every slot of the word, equal
+        return a == b if slots == 1 else (a == b).all(-1)
+
     p_halt = _as_matrix(p_halt, np.nan, np.float64)
     rows = np.arange(len(k))
     halted = first >= 0
     loop_mask = np.arange(width)[None, :] <= k[:, None]  # (N, K + 1)
-    loop_ok = (tokens[:, :width] == targets) & loop_mask
-    answer = np.array([t[-1] for t in target_ids])
-    answer_ok = (first >= 1) & (tokens[rows, np.maximum(first - 1, 0)] == answer)
+    loop_ok = same(tokens[:, :width], targets) & loop_mask
+    answer = targets[rows, k - 1]  # the last target
+    answer_ok = (first >= 1) & same(tokens[rows, np.maximum(first - 1, 0)], answer)
     reached = k < p_halt.shape[1]
     halt_p = np.full(len(k), np.nan)
     halt_p[reached] = p_halt[rows[reached], k[reached]]
@@ -126,7 +139,7 @@ def score(tokens, p_halt, target_ids: list[list[int]], halt_id: int, reference=N
            "halt_loop": first, "halt_p": halt_p, "loop_ok": loop_ok, "loop_mask": loop_mask}
     if reference is not None:
         ref, _ = absorb_halt(reference, halt_id, width)
-        out["agree"] = (tokens[:, :width] == ref[:, :width]) & loop_mask
+        out["agree"] = same(tokens[:, :width], ref[:, :width]) & loop_mask
     return out
 
 
@@ -205,7 +218,8 @@ def run_solve(model: RLFModel, split: Split, *, max_loops: int | None = None, ba
         limit = max_loops or 2 * need
         gen = torch.Generator().manual_seed(seed * 100_003 + b)
         out = model.solve(x.to(device), lengths, limit, min_loops=min(need, limit), generator=gen, **(ablation or {}))
-        solved.append((idx, out["tokens"].cpu().numpy(), out["p_halt"].float().cpu().numpy()))
+        words = out.get("words", out["tokens"])  # (B, L), or (B, L, K) with K slots
+        solved.append((idx, words.cpu().numpy(), out["p_halt"].float().cpu().numpy()))
     toks, phs = [None] * n, [None] * n
     for idx, t, p in (batch for rank in distributed.all_gather(solved) for batch in rank):
         for row, i in enumerate(idx):

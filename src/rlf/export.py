@@ -46,6 +46,10 @@ def check_exportable(cfg, base_type: str) -> None:
     if cfg.core_pos != "none":
         raise RLFError(f"rlf export: core_pos={cfg.core_pos} (rotary attention in the core) is not supported by the C "
                        "runtime; export a model trained with core_pos=none")
+    if cfg.target_tokens != 1:
+        raise RLFError(f"rlf export: target_tokens={cfg.target_tokens} (multi-token loop targets, K read-out slots) is "
+                       "not supported by the C runtime, which reads one token per loop; export a model trained with "
+                       "target_tokens=1")
     if base_type != "llama":
         raise RLFError(f"rlf export: base={cfg.base} is a {base_type} model; the C runtime runs Llama bases only "
                        "(smollm2-135m, tiny-llama, or another Llama checkpoint)")

@@ -8,6 +8,11 @@
         x = x + core(x)                            # residual update, causal in T
         x = loop_norm(x)
         logits_i = head(x[:, answer_pos])          # base LM head (+ final norm) and one extra row for <HALT>
+
+With target_tokens=K > 1 a loop's target is a word of up to K base tokens: the answer state is read through K
+slots (slot 0 the state itself, slot k its image under a learned d x d map) and the same head; slot k names the
+word's k-th token, the first slot past a shorter word names the end marker (the <HALT> row), and <HALT> as a loop
+decision is read from slot 0 alone.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from rlf.cores import build_core
 from rlf.cores.rotary import rotate
 from rlf.errors import RLFError
 
+IGNORE = -100  # a target slot the loss skips (F.cross_entropy's ignore_index)
 SOLVE_LOOPS = 64  # the default loop limit of `solve`: enough for 62 hops (62 pointers, the answer, <HALT>)
 
 
@@ -45,6 +51,7 @@ class RLFConfig:
     lora_alpha: float = 16.0
     loop_span: Literal["all", "answer"] = "all"  # what each loop updates; see RLFModel._loop
     core_pos: Literal["none", "rope"] = "none"  # token positions inside the core: rotary attention (transformer only)
+    target_tokens: int = 1  # K read-out slots per loop: a loop target may be a word of up to K base tokens
 
     def __post_init__(self):
         for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
@@ -52,6 +59,8 @@ class RLFConfig:
                             ("core_pos", ("none", "rope"))):
             if getattr(self, name) not in valid:
                 raise RLFError(f"model.{name}={getattr(self, name)!r}: use one of {', '.join(valid)}")
+        if self.target_tokens < 1:
+            raise RLFError(f"model.target_tokens={self.target_tokens}: must be 1 or more (1 = one token per loop)")
         if self.core_pos != "none" and self.core != "transformer":
             raise RLFError(f"core_pos={self.core_pos} is for core=transformer (a {self.core} core's scan and "
                            f"convolution are positional already)")
@@ -112,6 +121,8 @@ class RLFModel(nn.Module):
         else:
             self.register_buffer("lm_head", lm_head.detach().float(), persistent=False)
         self.halt_row = nn.Parameter(lm_head.detach().float().mean(0, keepdim=True).clone())  # (1, d)
+        if cfg.target_tokens > 1:  # slot k reads h + slot_maps[k - 1] h: zero, so every slot starts as slot 0 reads
+            self.slot_maps = nn.Parameter(torch.zeros(cfg.target_tokens - 1, d, d))  # (K - 1, d, d), no RNG drawn
         if cfg.loop_layers:  # last, so the other parameters draw the same random numbers with or without it
             n = len(getattr(upper_layers, "layers", ()))
             if n != cfg.loop_layers:
@@ -130,6 +141,14 @@ class RLFModel(nn.Module):
         # two products, not one over cat([lm_head, halt_row]): the cat copies the vocabulary matrix every call and,
         # as it requires grad, autograd would form the full (V, d) weight gradient only to keep its last row
         return torch.cat([F.linear(h, self.lm_head), F.linear(h, self.halt_row)], -1)  # (..., V + 1)
+
+    def slots(self, h: torch.Tensor) -> torch.Tensor:
+        """The K read-out states (..., K, d) of answer states h (..., d): slot 0 is h, slot k is h + slot_maps[k-1] h;
+        with K = 1 it is h itself, unchanged (..., d)."""
+        if self.cfg.target_tokens == 1:
+            return h
+        extra = h.unsqueeze(-2) + torch.einsum("ked,...d->...ke", self.slot_maps.to(h.dtype), h)  # (..., K - 1, d)
+        return torch.cat([h.unsqueeze(-2), extra], -2)
 
     def lifeline_source(self, x_prompt, lengths, prompt_mode: str, generator: torch.Generator | None):
         """What the lifeline re-injects: the prompt, Gaussian noise of matched norm, or the prompt shuffled."""
@@ -202,7 +221,8 @@ class RLFModel(nn.Module):
         self, x_prompt: torch.Tensor, lengths: torch.Tensor, n_loops: int, *, gate_scale: float = 1.0,
         prompt_mode: str = "intact", generator: torch.Generator | None = None, return_states: bool = False,
     ):
-        """Per-loop logits at the answer position, (B, n_loops, V + 1); with return_states also (B, n_loops, d)."""
+        """Per-loop logits at the answer position, (B, n_loops, V + 1), or (B, n_loops, K, V + 1) with K > 1 slots;
+        with return_states also the answer states (B, n_loops, d)."""
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
         state, step, read = self._loop(x_prompt, lengths, source, gate_scale)
         states = []
@@ -210,7 +230,7 @@ class RLFModel(nn.Module):
             state = step(state, i)
             states.append(read(state))  # (B, d)
         h = torch.stack(states, 1)  # (B, L, d)
-        logits = self.head(h)
+        logits = self.head(self.slots(h))  # (B, L, V + 1), or (B, L, K, V + 1)
         return (logits, h) if return_states else logits
 
     @torch.no_grad()
@@ -223,8 +243,9 @@ class RLFModel(nn.Module):
         changing.
 
         Returns tensors (B, L): `tokens` (top-1 id), `p` (its probability), `p_halt`, and `halted_at` (B,)
-        = the loop index of the first <HALT>, or -1. Memory is O(1) in the loop count: only the current
-        state is kept (plus the (B, L) outputs, and (B, L, d) answer states when return_states).
+        = the loop index of the first <HALT>, or -1; with K > 1 slots these are slot 0's, and `words` (B, L, K)
+        holds each loop's word as `word_of` writes it, `p_word` (B, L) its probability. Memory is O(1) in the loop
+        count: only the current state is kept (plus the (B, L) outputs, and (B, L, d) answer states when return_states).
         `min_loops` forces at least that many loops (to check that answers are stable after <HALT>).
         `loop_offset` and `loop_clamp` (inference probes of the loop clock) make loop i see the loop position
         min(i + loop_offset, loop_clamp) instead of i: does the model count loops by content or by that clock?
@@ -236,15 +257,22 @@ class RLFModel(nn.Module):
         state, step, read = self._loop(x_prompt, lengths, source, gate_scale)
         B = x_prompt.shape[0]
         halted_at = torch.full((B,), -1, dtype=torch.long, device=state.device)
-        tokens, probs, halt_ps, states = [], [], [], []
+        tokens, probs, halt_ps, states, words, p_words = [], [], [], [], [], []
+        K = self.cfg.target_tokens
         for i in range(max_loops):
             position = i + loop_offset if loop_clamp is None else min(i + loop_offset, loop_clamp)
             done = halted_at >= 0
             keep = done.view(B, *[1] * (state.dim() - 1))
             state = torch.where(keep, state, step(state, position))  # a finished example keeps its state
             h = read(state)
-            p = self.head(h).float().softmax(-1)  # (B, V + 1)
-            top_p, top = p.max(-1)
+            p = self.head(self.slots(h)).float().softmax(-1)  # (B, V + 1), or (B, K, V + 1)
+            top_p, top = p.max(-1)  # (B,), or (B, K)
+            if K > 1:  # the loop's word; its probability is the product over the slots it uses, end marker included
+                word = word_of(top, self.halt_id)
+                words.append(torch.where(done[:, None], word_of(torch.full_like(top, self.halt_id), self.halt_id),
+                                         word))
+                p_words.append(torch.where(word != IGNORE, top_p, torch.ones_like(top_p)).prod(-1))
+                p, top_p, top = p[:, 0], top_p[:, 0], top[:, 0]  # slot 0 decides <HALT>
             tokens.append(torch.where(done, self.halt_id, top))
             probs.append(top_p)
             halt_ps.append(p[:, self.halt_id].clone())  # a copy: a view would keep all of p alive
@@ -255,9 +283,19 @@ class RLFModel(nn.Module):
                 break
         out = {"tokens": torch.stack(tokens, 1), "p": torch.stack(probs, 1), "p_halt": torch.stack(halt_ps, 1),
                "halted_at": halted_at}
+        if K > 1:
+            out["words"], out["p_word"] = torch.stack(words, 1), torch.stack(p_words, 1)
         if return_states:
             out["states"] = torch.stack(states, 1)
         return out
+
+
+def word_of(slot_ids: torch.Tensor, halt_id: int) -> torch.Tensor:
+    """A loop's word in the form targets take (..., K): its token ids, the end marker (halt_id) in the first slot
+    past it, IGNORE after that; a loop whose slot 0 is <HALT> is [halt_id, IGNORE, ...]. From slot ids (..., K)."""
+    is_end = slot_ids == halt_id
+    after_end = (is_end.cumsum(-1) - is_end.long()) > 0  # some earlier slot holds the end marker
+    return torch.where(after_end, torch.full_like(slot_ids, IGNORE), slot_ids)
 
 
 def copy_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, token_ids: torch.Tensor,
@@ -294,43 +332,64 @@ def loops_needed(target_ids: list[list[int]], supervision: str = "per_loop", ext
     return 1 if supervision == "answer_once" else max(len(t) for t in target_ids) + 1 + extra
 
 
-def loop_targets(target_ids: list[list[int]], halt_id: int, n_loops: int, supervision: str = "per_loop") -> torch.Tensor:
+def loop_targets(target_ids: list[list], halt_id: int, n_loops: int, supervision: str = "per_loop", slots: int = 1
+                 ) -> torch.Tensor:
     """Targets (B, n_loops): each example's per-loop ids, then <HALT> at every later loop (absorbing halt).
 
-    With supervision="final" only the answer loop and the halt loops are supervised (others = -100, ignored).
+    With supervision="final" only the answer loop and the halt loops are supervised (others IGNORE).
     With supervision="answer_once" (the no-loop baseline, n_loops = 1) the answer is the only target.
+    With slots = K > 1 each loop target is a word (a sequence of 1..K ids) and the targets are (B, n_loops, K): the
+    word's ids, the end marker (halt_id) in the slot after a word shorter than K, IGNORE beyond it (`word_of`); a
+    <HALT> loop is [halt_id, IGNORE, ...].
     """
+    if slots > 1:
+        target_ids = [[_word_slots(w, halt_id, slots, row) for w in ids] for row, ids in enumerate(target_ids)]
     if supervision == "answer_once":
         if n_loops != 1:
             raise ValueError(f"supervision=answer_once runs one loop, not n_loops={n_loops}")
         return torch.tensor([[ids[-1]] for ids in target_ids], dtype=torch.long)
-    out = torch.full((len(target_ids), n_loops), halt_id, dtype=torch.long)
+    if slots == 1:
+        out = torch.full((len(target_ids), n_loops), halt_id, dtype=torch.long)
+    else:
+        out = torch.tensor([halt_id] + [IGNORE] * (slots - 1)).repeat(len(target_ids), n_loops, 1)  # (B, L, K)
     for row, ids in enumerate(target_ids):
         if len(ids) >= n_loops:
             raise ValueError(f"example {row} has {len(ids)} targets; n_loops={n_loops} leaves no loop for <HALT>")
         out[row, : len(ids)] = torch.tensor(ids)
         if supervision == "final":
-            out[row, : len(ids) - 1] = -100
+            out[row, : len(ids) - 1] = IGNORE
     return out
+
+
+def _word_slots(word, halt_id: int, slots: int, row: int) -> list[int]:
+    if not 1 <= len(word) <= slots:
+        raise ValueError(f"example {row}: a target of {len(word)} tokens does not fit {slots} slots (1 to {slots})")
+    return [*word, halt_id, *[IGNORE] * (slots - len(word) - 1)][:slots]
 
 
 def loop_loss(logits: torch.Tensor, targets: torch.Tensor, denominator: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, dict]:
     """Cross-entropy at every loop, vectorised over batch and loops: the sum over supervised loops / `denominator`
     (default: their count, i.e. the mean); plus the per-loop loss and the hit counts of the n = B examples: per loop
-    (`loop_hits`) and of whole traces (`trace_hits`)."""
-    B, L, V = logits.shape
-    ce = F.cross_entropy(logits.float().reshape(B * L, V), targets.reshape(B * L), ignore_index=-100, reduction="none")
-    ce = ce.view(B, L)
-    mask = targets != -100
+    (`loop_hits`) and of whole traces (`trace_hits`).
+
+    With K slots (logits (B, L, K, V), targets (B, L, K)) it is vectorised over the slots too and every supervised
+    slot counts as one target; a loop is a hit when all its supervised slots are."""
+    V = logits.shape[-1]
+    ce = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=IGNORE, reduction="none")
+    ce = ce.view(targets.shape)  # (B, L), or (B, L, K)
+    mask = targets != IGNORE
     loss = ce.sum() / (mask.sum().clamp_min(1) if denominator is None else denominator)
     with torch.no_grad():
-        correct = (logits.argmax(-1) == targets) | ~mask  # (B, L)
+        correct = (logits.argmax(-1) == targets) | ~mask  # (B, L), or (B, L, K)
+        ce, count = ce * mask, mask
+        if targets.dim() == 3:  # K slots: a loop is a hit when every slot is; its loss is the mean over its slots
+            ce, count, correct = ce.sum(-1), mask.sum(-1), correct.all(-1)  # (B, L)
         stats = {
-            "per_loop_loss": ((ce * mask).sum(0) / mask.sum(0).clamp_min(1)).tolist(),
+            "per_loop_loss": (ce.sum(0) / count.sum(0).clamp_min(1)).tolist(),
             "loop_hits": correct.sum(0).tolist(),
             "trace_hits": int(correct.all(1).sum()),
-            "n": B,
+            "n": targets.shape[0],
         }
     return loss, stats
 
@@ -344,4 +403,4 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["RLFConfig", "RLFModel", "loops_needed", "loop_targets", "loop_loss", "trainable_parameters"]
+__all__ = ["RLFConfig", "RLFModel", "loops_needed", "loop_targets", "loop_loss", "trainable_parameters", "word_of"]

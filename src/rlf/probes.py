@@ -184,7 +184,8 @@ def trajectory(model: RLFModel, split: Split, tokenizer, out: Path, index: int =
     for name, scale in (("intact", 1.0), ("severed", 0.0)):
         logits, h = model(x.to(device), lengths, n_loops, gate_scale=scale, return_states=True)
         paths[name] = h[0].float().cpu().numpy()
-        tokens[name] = logits[0].argmax(-1).cpu().tolist()
+        top = logits[0].argmax(-1)  # (L,), or (L, K) with K slots: then slot 0, a word's first token or <HALT>
+        tokens[name] = (top if top.dim() == 1 else top[:, 0]).cpu().tolist()
     coords, ratio = pca(np.concatenate([paths["intact"], paths["severed"]]))
     agree = sum(a == b for a, b in zip(tokens["intact"], tokens["severed"]))
     text = {k: [_token_text(tokenizer, model.halt_id, t) for t in v] for k, v in tokens.items()}

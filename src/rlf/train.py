@@ -32,9 +32,9 @@ from rlf.base import Base, load_base
 from rlf.cache import EncodedSet, apply_template, encode_cached
 from rlf.config import DATA_KEYS, TrainConfig, read_run_config
 from rlf.errors import RLFError
-from rlf.model import (RLFConfig, RLFModel, copy_loss, loop_loss, loop_targets, loops_needed, position_loss,
+from rlf.model import (IGNORE, RLFConfig, RLFModel, copy_loss, loop_loss, loop_targets, loops_needed, position_loss,
                        trainable_parameters)
-from rlf.tasks import Example, read_jsonl, target_token_id, write_jsonl
+from rlf.tasks import Example, read_jsonl, target_token_id, target_token_ids, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +47,25 @@ class Split:
 
     examples: list[Example]
     encoded: EncodedSet
-    target_ids: list[list[int]]
+    target_ids: list[list[int]]  # per example, per loop: the target id; with target_tokens > 1 a tuple of ids
 
     def batch(self, idx, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
         x, lengths = self.encoded.batch(idx, width)
         return x, lengths, [self.target_ids[i] for i in idx]
 
 
-def target_ids_of(examples: list[Example], tokenizer, source: str) -> list[list[int]]:
-    """Per-loop target ids; a target that is not one token names the example and loop."""
-    cache: dict[str, int] = {}
+def target_ids_of(examples: list[Example], tokenizer, source: str, max_tokens: int = 1) -> list[list]:
+    """Per-loop target ids (with max_tokens > 1, per loop a tuple of 1 to max_tokens ids); a target that is not one
+    token (not 1 to max_tokens tokens) names the example and loop."""
+    cache: dict[str, int | tuple[int, ...]] = {}
     out = []
     for n, ex in enumerate(examples, 1):
         ids = []
         for loop, t in enumerate(ex.targets):
             if t not in cache:
                 try:
-                    cache[t] = target_token_id(tokenizer, t)
+                    cache[t] = (target_token_id(tokenizer, t) if max_tokens == 1
+                                else target_token_ids(tokenizer, t, max_tokens))
                 except RLFError as e:
                     raise RLFError(f"{source}: example {n} (id {ex.id}), targets[{loop}]: {e}") from None
             ids.append(cache[t])
@@ -123,7 +125,7 @@ def prepare_split(examples: list[Example], base: Base, cfg: TrainConfig, name: s
         raise RLFError(f"{name}: no examples")
     encoded = encode_cached(base, [ex.prompt for ex in examples], cfg.cache_dir, cfg.template, cfg.storage,
                             progress=progress)
-    return Split(examples, encoded, target_ids_of(examples, base.tokenizer, name))
+    return Split(examples, encoded, target_ids_of(examples, base.tokenizer, name, cfg.target_tokens))
 
 
 def file_digest(path: Path) -> str:
@@ -139,7 +141,7 @@ def build_model(cfg: TrainConfig, base: Base) -> RLFModel:
         loop_pos=cfg.loop_pos, max_loops=cfg.max_loops, train_head=cfg.train_head, scratchpad=cfg.scratchpad,
         bridge_rank=cfg.bridge_rank, core_dim=cfg.core_dim, chunk_size=cfg.chunk_size, loop_layers=cfg.loop_layers,
         lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, loop_span=cfg.loop_span,
-        core_pos=cfg.core_pos,
+        core_pos=cfg.core_pos, target_tokens=cfg.target_tokens,
     )
     have = len(base.upper_layers.layers) if base.upper_layers is not None else 0
     if cfg.loop_layers and have != cfg.loop_layers:
@@ -326,21 +328,25 @@ def validate(model: RLFModel, split: Split, batch_size: int = 64, supervision: s
     model.eval()
     n_trace = n_answer = 0
     n = len(split.examples)
+    scored = "answer_once" if supervision == "answer_once" else "per_loop"  # every loop counts, however trained
     for i in distributed.join().shard(range(0, n, batch_size)):  # under torchrun: this rank's batches; counts summed
         idx = list(range(i, min(i + batch_size, n)))
         x, lengths, tids = split.batch(idx)
         n_loops = loops_needed(tids, supervision)
         logits = model(x.to(model.lm_head.device), lengths, n_loops)
-        pred = logits.argmax(-1).cpu()
+        slots = logits.shape[2] if logits.dim() == 4 else 1  # (B, L, K, V + 1) with K read-out slots
+        targets = loop_targets(tids, model.halt_id, n_loops, scored, slots)
+        hit = (logits.argmax(-1).cpu() == targets) | (targets == IGNORE)  # (B, L), or (B, L, K)
+        if hit.dim() == 3:
+            hit = hit.all(-1)  # a loop is right when every slot of its word is
         if supervision == "answer_once":
-            hits = int((pred[:, 0] == loop_targets(tids, model.halt_id, 1, supervision)[:, 0]).sum())
+            hits = int(hit[:, 0].sum())
             n_trace, n_answer = n_trace + hits, n_answer + hits
             continue
-        targets = loop_targets(tids, model.halt_id, n_loops)
         for row, t in enumerate(tids):
             k = len(t)
-            n_trace += bool((pred[row, : k + 1] == targets[row, : k + 1]).all())
-            n_answer += bool(pred[row, k - 1] == t[-1])
+            n_trace += bool(hit[row, : k + 1].all())
+            n_answer += bool(hit[row, k - 1])
     model.train()
     n_trace, n_answer = map(int, distributed.all_sum([n_trace, n_answer]))
     return {"val_trace_acc": n_trace / n, "val_answer_acc": n_answer / n, "val_n": n}
@@ -540,9 +546,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
                                       torch.cat([p for p, _ in pairs]), torch.cat([t for _, t in pairs]))
         else:
             n_loops = loops_needed(tids, pcfg.supervision, pcfg.extra_halt_loops)
-            targets = loop_targets(tids, model.halt_id, n_loops, pcfg.supervision)
+            targets = loop_targets(tids, model.halt_id, n_loops, pcfg.supervision, cfg.target_tokens)
             # DDP averages the ranks' gradients: each rank's loss is its sum over the global batch's count / ranks
-            share = (targets != -100).sum() / world.size
+            share = (targets != IGNORE).sum() / world.size
             with autocast:
                 logits = step_fn(RLFModel.__call__, x.to(device), lengths, n_loops)
             loss, stats = loop_loss(logits, world.shard(targets).to(device), share)
@@ -667,18 +673,26 @@ class LoadedRun:
         return self.base.encode_ids(ids)
 
     def solve(self, prompts: list[str], max_loops: int | None = None, **ablation) -> list[list[dict]]:
-        """Per prompt, the loop-by-loop trace: loop, token, p, p_halt (stops after <HALT>)."""
+        """Per prompt, the loop-by-loop trace: loop, token, p, p_halt (stops after <HALT>).
+
+        With target_tokens > 1, `token` is the loop's whole word, `tokens` its pieces and `p` the word's probability
+        (the product of its slots' probabilities, the end marker's included)."""
         x, lengths = self.encode(prompts)
         out = self.model.solve(x, lengths, max_loops, **ablation)
+        halt = self.model.halt_id
         traces = []
         for b in range(len(prompts)):
             trace = []
             for i in range(out["tokens"].shape[1]):
                 tok = int(out["tokens"][b, i])
-                text = "<HALT>" if tok == self.model.halt_id else self.base.tokenizer.decode([tok]).strip()
-                trace.append({"loop": i + 1, "token": text, "p": float(out["p"][b, i]),
-                              "p_halt": float(out["p_halt"][b, i])})
-                if tok == self.model.halt_id:
+                words = "words" in out
+                pieces = [t for t in out["words"][b, i].tolist() if t not in (halt, IGNORE)] if words else [tok]
+                step = {"loop": i + 1, "token": "<HALT>" if tok == halt else self.base.tokenizer.decode(pieces).strip(),
+                        "p": float(out["p_word" if words else "p"][b, i]), "p_halt": float(out["p_halt"][b, i])}
+                if words:
+                    step["tokens"] = [self.base.tokenizer.decode([t]) for t in pieces]
+                trace.append(step)
+                if tok == halt:
                     break
             traces.append(trace)
         return traces

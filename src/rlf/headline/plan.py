@@ -62,6 +62,9 @@ class Job:
 
     def __post_init__(self):
         self.cfg = load_config(self.preset, self.overrides)
+        if self.cfg.target_tokens != 1:  # its measurements read one token per loop (single-token chains)
+            raise RLFError(f"rlf bench headline: target_tokens={self.cfg.target_tokens}: the headline measures "
+                           "single-token chains, one token per loop; leave target_tokens at 1")
 
     @property
     def part_dir(self) -> str:

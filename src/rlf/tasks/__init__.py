@@ -14,6 +14,7 @@ from rlf.tasks.schema import (
     check_jsonl,
     read_jsonl,
     target_token_id,
+    target_token_ids,
     write_jsonl,
 )
 from rlf.tasks.splits import DEFAULT_OOD_HOPS, default_ood_hops, make_splits, split_examples
@@ -40,6 +41,7 @@ __all__ = [
     "read_jsonl",
     "split_examples",
     "target_token_id",
+    "target_token_ids",
     "task_options",
     "write_jsonl",
 ]

@@ -56,6 +56,8 @@ def add_data_parser(sub) -> None:
     p = tasks.add_parser("check", help="validate JSONL files against a base tokenizer; exit 1 if any line is invalid")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--base", default=DEFAULT_BASE, help=BASE_HELP)
+    p.add_argument("--target-tokens", type=int, default=1, metavar="K",
+                   help="the longest target in base tokens (the run's target_tokens; default 1: one token per loop)")
     p.set_defaults(func=_check)
 
     p = tasks.add_parser("split", help="split a JSONL file into train/val/test (and ood) files, no prompt shared")
@@ -161,10 +163,12 @@ def _coconut(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    if args.target_tokens < 1:
+        raise RLFError(f"--target-tokens {args.target_tokens}: must be 1 or more")
     tokenizer = _tokenizer(args.base)
     invalid = 0
     for file in args.files:
-        report = check_jsonl(file, tokenizer)
+        report = check_jsonl(file, tokenizer, args.target_tokens)
         print(_report(report, args.base))
         invalid += len({e.line for e in report.errors}) + (report.lines == 0)
     return 1 if invalid else 0

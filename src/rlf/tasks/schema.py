@@ -1,4 +1,4 @@
-"""One JSONL format for every task (SPEC §3), its validating reader and writer, and the single-token rule.
+"""One JSONL format for every task (SPEC §3), its validating reader and writer, and the target-length rule.
 
 A line is one JSON object with exactly these fields: `id` (non-empty string, unique in the file),
 `task` (non-empty string), `prompt` (non-empty string, without the `Answer:` template), `targets`
@@ -104,8 +104,9 @@ def write_jsonl(examples: Iterable[Example], path: str | Path) -> None:
         raise
 
 
-def check_jsonl(path: str | Path, tokenizer=None) -> CheckReport:
-    """Validate every line of a JSONL file (and, with a tokenizer, the single-token rule); never raises on bad lines."""
+def check_jsonl(path: str | Path, tokenizer=None, max_tokens: int = 1) -> CheckReport:
+    """Validate every line of a JSONL file (and, with a tokenizer, that every target is 1 to `max_tokens` tokens);
+    never raises on bad lines."""
     path_str = str(path)
     lines = read_bytes(path).split(b"\n")
     if lines and lines[-1] == b"":
@@ -123,15 +124,16 @@ def check_jsonl(path: str | Path, tokenizer=None) -> CheckReport:
             valid.append((number, found))
         else:
             errors += found
-    return finish_check(path_str, valid, errors, lines, tokenizer)
+    return finish_check(path_str, valid, errors, lines, tokenizer, max_tokens=max_tokens)
 
 
 def finish_check(
-    path: str, valid: list[tuple[int, Example]], errors: list[LineError], raw: list, tokenizer=None, unit: str = "line"
+    path: str, valid: list[tuple[int, Example]], errors: list[LineError], raw: list, tokenizer=None, unit: str = "line",
+    max_tokens: int = 1,
 ) -> CheckReport:
-    """Add the single-token errors (with a tokenizer), attach each bad line's text, keep the examples on good lines."""
+    """Add the target-length errors (with a tokenizer), attach each bad line's text, keep the examples on good lines."""
     if tokenizer is not None:
-        errors = errors + single_token_errors(path, valid, tokenizer, unit)
+        errors = errors + single_token_errors(path, valid, tokenizer, unit, max_tokens)
     for e in errors:
         text = raw[e.line - 1]
         e.text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
@@ -165,14 +167,16 @@ def accept(report: CheckReport, skip_invalid: bool = False, reject_path: str | P
 
 
 def read_jsonl(
-    path: str | Path, tokenizer=None, *, skip_invalid: bool = False, reject_path: str | Path | None = None
+    path: str | Path, tokenizer=None, *, skip_invalid: bool = False, reject_path: str | Path | None = None,
+    max_tokens: int = 1,
 ) -> list[Example]:
     """Read and validate a JSONL file of examples; any invalid line is an RLFError naming file, line, field, reason.
 
-    With a tokenizer, every target must also be one token with a leading space. With
+    With a tokenizer, every target must also be one token with a leading space (up to `max_tokens` tokens, the
+    model's target_tokens, when that is more than 1). With
     `skip_invalid=True`, invalid lines are written to `reject_path` (required) and counted instead.
     """
-    return accept(check_jsonl(path, tokenizer), skip_invalid, reject_path)
+    return accept(check_jsonl(path, tokenizer, max_tokens), skip_invalid, reject_path)
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -189,10 +193,15 @@ def read_bytes(path: str | Path) -> bytes:
 
 def target_token_id(tokenizer, text: str) -> int:
     """The one base-vocabulary token of `text` in context (with a leading space), or an RLFError."""
+    return target_token_ids(tokenizer, text, 1)[0]
+
+
+def target_token_ids(tokenizer, text: str, max_tokens: int) -> tuple[int, ...]:
+    """The 1 to `max_tokens` base-vocabulary tokens of `text` in context (with a leading space), or an RLFError."""
     ids = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise RLFError(f"target {_not_one_token(tokenizer, text, ids)}")
-    return ids[0]
+    if not 1 <= len(ids) <= max_tokens:
+        raise RLFError(f"target {_too_many_tokens(tokenizer, text, ids, max_tokens)}")
+    return tuple(ids)
 
 
 def _check_line(path: str, number: int, data: bytes) -> Example | list[LineError]:
@@ -264,24 +273,29 @@ def _check_line(path: str, number: int, data: bytes) -> Example | list[LineError
     return Example(**{"meta": {}, **obj})
 
 
-def single_token_errors(path: str, valid: list[tuple[int, Example]], tokenizer, unit: str = "line") -> list[LineError]:
-    """An error for every target that is not one token with a leading space (each distinct target tokenised once)."""
+def single_token_errors(path: str, valid: list[tuple[int, Example]], tokenizer, unit: str = "line",
+                        max_tokens: int = 1) -> list[LineError]:
+    """An error for every target that is not 1 to `max_tokens` tokens with a leading space (each distinct target
+    tokenised once)."""
     distinct = sorted({t for _, ex in valid for t in ex.targets})
     if not distinct:
         return []
     encoded = tokenizer([" " + t for t in distinct], add_special_tokens=False)["input_ids"]
-    pieces = {t: ids for t, ids in zip(distinct, encoded) if len(ids) != 1}
+    pieces = {t: ids for t, ids in zip(distinct, encoded) if not 1 <= len(ids) <= max_tokens}
     return [
-        LineError(path, number, f"targets[{i}]", _not_one_token(tokenizer, t, pieces[t]), unit=unit)
+        LineError(path, number, f"targets[{i}]", _too_many_tokens(tokenizer, t, pieces[t], max_tokens), unit=unit)
         for number, ex in valid
         for i, t in enumerate(ex.targets)
         if t in pieces
     ]
 
 
-def _not_one_token(tokenizer, text: str, ids: list[int]) -> str:
+def _too_many_tokens(tokenizer, text: str, ids: list[int], max_tokens: int) -> str:
     shown = [tokenizer.decode([i]) for i in ids]
-    return f"{text!r} is {len(ids)} tokens with a leading space {shown}, not 1"
+    if max_tokens == 1:
+        return f"{text!r} is {len(ids)} tokens with a leading space {shown}, not 1"
+    return (f"{text!r} is {len(ids)} tokens with a leading space {shown}, not 1 to {max_tokens} "
+            f"(target_tokens={max_tokens})")
 
 
 def _kind_name(kind: type) -> str:
