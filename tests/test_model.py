@@ -70,13 +70,12 @@ def test_narrow_core_starts_at_zero_is_causal_and_every_weight_learns(core):
         build_core(core, D, core_dim=256)
 
 
-@pytest.mark.parametrize("T,groups", [(1, 1), (7, 1), (40, 1), (40, 2)])
-def test_mamba2_one_chunk_scan_equals_the_mixer(T, groups):
-    """The CPU path (one chunk over the prompt) computes what transformers' Mamba2Mixer computes, gradients too, with
-    one B/C group shared by all heads or several (core_groups)."""
+@pytest.mark.parametrize("T", [1, 7, 40])
+def test_mamba2_one_chunk_scan_equals_the_mixer(T):
+    """The CPU path (one chunk over the prompt) computes what transformers' Mamba2Mixer computes, gradients too."""
     from rlf.cores.mamba2 import ssd_forward
 
-    core = build_core("mamba2", D, groups=groups)
+    core = build_core("mamba2", D)
     perturb(core)
     with torch.no_grad():
         core.mixer.dt_bias.add_(torch.linspace(-2, 2, core.mixer.num_heads))  # a spread of decays
@@ -246,13 +245,13 @@ def test_ablation_sources():
     assert not torch.equal(shuffled[0], x[0])
 
 
-@pytest.mark.parametrize("core,core_dim,kw", [("mamba2", 0, {}), ("mamba2", 64, {}), ("mamba2", 0, {"groups": 2}),
-                                             ("transformer", 0, {}), ("transformer", 0, {"positions": "rope"}),
-                                             ("transformer", 64, {"positions": "rope"})])
-def test_recall_of_a_remembered_prompt_equals_the_full_pass(core, core_dim, kw):
+@pytest.mark.parametrize("core,core_dim,positions", [("mamba2", 0, "none"), ("mamba2", 64, "none"),
+                                                    ("transformer", 0, "none"), ("transformer", 0, "rope"),
+                                                    ("transformer", 64, "rope")])
+def test_recall_of_a_remembered_prompt_equals_the_full_pass(core, core_dim, positions):
     """loop_span=answer rests on this: remember(x, last) + recall(memory, x[last]) is forward(x) read at last, for
-    every answer position (including 0: nothing remembered), for a narrow core, B/C groups and rotary positions."""
-    core = build_core(core, D, core_dim=core_dim, **kw)
+    every answer position (including 0: nothing remembered), for a narrow core and with rotary positions."""
+    core = build_core(core, D, core_dim=core_dim, positions=positions)
     torch.manual_seed(4)
     with torch.no_grad():
         for p in core.parameters():
@@ -322,11 +321,6 @@ def test_transformer_core_attention_is_torchs_layer_and_rope_makes_it_see_order(
         assert (moved > 1e-3) == differs, (positions, float(moved))
 
 
-def test_core_pos_is_for_the_transformer_core_and_core_groups_for_mamba2():
+def test_core_pos_is_for_the_transformer_core():
     with pytest.raises(RLFError, match="core_pos=rope is for core=transformer"):
         RLFConfig(d_model=D, vocab_size=V, core="mamba2", core_pos="rope")
-    with pytest.raises(RLFError, match="core_groups=2 is for core=mamba2"):
-        RLFConfig(d_model=D, vocab_size=V, core="transformer", core_groups=2)
-    heads = 2 * D // 64
-    with pytest.raises(RLFError, match=f"core_groups=3: the mamba2 core's {heads} heads must split evenly"):
-        build_core("mamba2", D, groups=3)

@@ -51,7 +51,6 @@ class TrainConfig:
     core_dim: int = 0  # the core's width: 0 = the base's; k < d loops a k-wide core between d->k and k->d maps
     loop_span: Literal["all", "answer"] = "all"  # each loop updates every position, or the answer one (mamba2, transformer)
     core_pos: Literal["none", "rope"] = "none"  # transformer core: rotary positions over the prompt tokens
-    core_groups: int = 1  # mamba2 core: B/C groups, each a key/query space of its own for its heads (1 = shared)
     target_tokens: int = 1  # K: a loop target may be a word of up to K base tokens, read from K slots (1 = one token)
     chunk_size: int = 64
     loop_layers: int = 0  # the seeds' full recipe: this many base layers above encoder_layers run inside the loop
@@ -187,7 +186,7 @@ def _check_type(name: str, value, declared, where: str) -> None:
 
 _POSITIVE = ("copy_positions", "n_train", "n_val", "batch_size", "max_steps", "val_every", "ckpt_every", "log_every",
              "max_loops", "chunk_size", "max_bad_steps", "encoder_layers", "lr", "grad_clip", "lora_rank", "lora_alpha",
-             "target_tokens", "core_groups")
+             "target_tokens")
 _NON_NEGATIVE = ("core_dim", "distractors", "scratchpad", "bridge_rank", "loop_layers", "warmup_steps",
                  "extra_halt_loops", "early_stop_patience", "weight_decay")
 

@@ -51,7 +51,6 @@ class RLFConfig:
     lora_alpha: float = 16.0
     loop_span: Literal["all", "answer"] = "all"  # what each loop updates; see RLFModel._loop
     core_pos: Literal["none", "rope"] = "none"  # token positions inside the core: rotary attention (transformer only)
-    core_groups: int = 1  # mamba2: B/C groups (1 = one key space shared by all heads)
     target_tokens: int = 1  # K read-out slots per loop: a loop target may be a word of up to K base tokens
 
     def __post_init__(self):
@@ -65,9 +64,6 @@ class RLFConfig:
         if self.core_pos != "none" and self.core != "transformer":
             raise RLFError(f"core_pos={self.core_pos} is for core=transformer (a {self.core} core's scan and "
                            f"convolution are positional already)")
-        if self.core_groups != 1 and self.core != "mamba2":
-            raise RLFError(f"core_groups={self.core_groups} is for core=mamba2 (its B/C groups); this model has "
-                           f"core={self.core}")
         if self.loop_span == "answer":
             clash = [k for k in ("scratchpad", "loop_layers") if getattr(self, k)]
             if self.core not in ("mamba2", "transformer") or clash:
@@ -113,8 +109,7 @@ class RLFModel(nn.Module):
             self.loop_embedding = nn.Parameter(torch.randn(cfg.max_loops, d) * 0.02)
         if cfg.scratchpad:
             self.scratchpad = nn.Parameter(torch.randn(cfg.scratchpad, d) * 0.02)
-        self.core = build_core(cfg.core, d, chunk_size=cfg.chunk_size, core_dim=cfg.core_dim, positions=cfg.core_pos,
-                               groups=cfg.core_groups)
+        self.core = build_core(cfg.core, d, chunk_size=cfg.chunk_size, core_dim=cfg.core_dim, positions=cfg.core_pos)
         self.loop_norm = nn.RMSNorm(d, eps=1e-5)
         if cfg.bridge_rank:
             self.bridge_down = nn.Linear(d, cfg.bridge_rank, bias=False)

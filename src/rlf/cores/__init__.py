@@ -36,21 +36,19 @@ class NarrowCore(nn.Module):
         return self.up(self.inner.recall(memory, self.down(a)))
 
 
-def build_core(kind: str, d_model: int, chunk_size: int = 64, core_dim: int = 0, positions: str = "none",
-               groups: int = 1) -> nn.Module:
+def build_core(kind: str, d_model: int, chunk_size: int = 64, core_dim: int = 0, positions: str = "none") -> nn.Module:
     """A reasoning core of the given kind with its output projection at zero (the loop starts as identity).
 
     `core_dim` k > 0 (and below d_model) runs it at width k between a down and an up projection. `positions`
-    ("none" or "rope") is the transformer's attention over token positions; `groups` the Mamba2 core's B/C groups
-    (1: one key/query space shared by all heads; more: a space of their own for each group of heads)."""
+    ("none" or "rope") is the transformer's attention over token positions."""
     if core_dim and core_dim != d_model:
         if core_dim > d_model:
             raise RLFError(f"core_dim={core_dim}: must be at most the base's width {d_model} (0 = the base's width)")
-        return NarrowCore(build_core(kind, core_dim, chunk_size, positions=positions, groups=groups), d_model, core_dim)
+        return NarrowCore(build_core(kind, core_dim, chunk_size, positions=positions), d_model, core_dim)
     if kind == "mamba2":
         from rlf.cores.mamba2 import Mamba2Core
 
-        return Mamba2Core(d_model, chunk_size=chunk_size, n_groups=groups)
+        return Mamba2Core(d_model, chunk_size=chunk_size)
     if kind == "transformer":
         from rlf.cores.transformer import TransformerCore
 

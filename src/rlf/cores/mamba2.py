@@ -16,26 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlf.errors import RLFError
-
 D_STATE, EXPAND, HEAD_DIM = 64, 2, 64
 
 
 class Mamba2Core(nn.Module):
-    def __init__(self, d_model: int, chunk_size: int = 64, n_groups: int = 1):
+    def __init__(self, d_model: int, chunk_size: int = 64):
         super().__init__()
         from transformers import Mamba2Config
         from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
         if (EXPAND * d_model) % HEAD_DIM:
             raise ValueError(f"mamba2 core needs {EXPAND}*d_model divisible by head_dim {HEAD_DIM}; d_model={d_model}")
-        heads = EXPAND * d_model // HEAD_DIM
-        if heads % n_groups:
-            raise RLFError(f"core_groups={n_groups}: the mamba2 core's {heads} heads must split evenly into groups "
-                           f"(use a divisor of {heads})")
         cfg = Mamba2Config(
             hidden_size=d_model, expand=EXPAND, head_dim=HEAD_DIM, num_heads=EXPAND * d_model // HEAD_DIM,
-            state_size=D_STATE, n_groups=n_groups, conv_kernel=4, chunk_size=chunk_size, num_hidden_layers=1,
+            state_size=D_STATE, n_groups=1, conv_kernel=4, chunk_size=chunk_size, num_hidden_layers=1,
         )
         self.chunk_size = chunk_size
         self.norm = nn.RMSNorm(d_model, eps=1e-5)
