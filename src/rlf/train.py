@@ -511,7 +511,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="train", unit="step", disable=not progress,
                dynamic_ncols=True)
     t_last, examples_since = time.perf_counter(), 0
-    prompt_ids: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    warmup_targets: dict[str, object] = {}  # per warm-up phase, built once: copy's token ids, lookup's pairs
     while state["step"] < cfg.max_steps and state["stopped"] is None:
         step = state["step"]
         ph = phase_at(plan, step)
@@ -527,19 +527,19 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
             g["lr"] = lr_at(step - ph.start, pcfg)
         opt.param_groups[0]["weight_decay"] = pcfg.weight_decay  # the decayed group (make_optimizer's first)
         if pcfg.supervision == "copy":
-            if ph.name not in prompt_ids:  # the phase's prompts as the base encoded them, ids end to end, once
+            if ph.name not in warmup_targets:  # the phase's prompts as the base encoded them, ids end to end, once
                 ids = base.tokenize([apply_template(cfg.template, ex.prompt) for ex in sp.examples])
                 starts = torch.tensor([0, *map(len, ids)]).cumsum(0)[:-1]
-                prompt_ids[ph.name] = (torch.tensor([t for row in ids for t in row]), starts)
-            flat, starts = prompt_ids[ph.name]
+                warmup_targets[ph.name] = (torch.tensor([t for row in ids for t in row]), starts)
+            flat, starts = warmup_targets[ph.name]
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + step)
             uniform = world.shard(torch.rand(len(idx), pcfg.copy_positions, generator=gen))
             with autocast:
                 loss, stats = step_fn(copy_loss, x.to(device), lengths, flat, starts[mine], uniform)
         elif pcfg.supervision == "lookup":
-            if ph.name not in prompt_ids:
-                prompt_ids[ph.name] = lookup_pairs(sp.examples, base.tokenizer, cfg.template, ph.name)
-            pairs = [prompt_ids[ph.name][i] for i in mine]
+            if ph.name not in warmup_targets:
+                warmup_targets[ph.name] = lookup_pairs(sp.examples, base.tokenizer, cfg.template, ph.name)
+            pairs = [warmup_targets[ph.name][i] for i in mine]
             rows = torch.cat([torch.full((len(p),), r) for r, (p, _) in enumerate(pairs)])
             with autocast:
                 loss, stats = step_fn(position_loss, x.to(device), lengths, rows,
