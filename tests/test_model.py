@@ -290,6 +290,20 @@ def test_loop_span_answer_loop0_equals_all_later_loops_see_a_fixed_prompt(core, 
         assert torch.equal(one["tokens"][0], out["tokens"][b])
 
 
+@pytest.mark.parametrize("kw", [{}, {"loop_span": "answer"}, {"loop_span": "answer", "core_dim": 64},
+                                {"core": "transformer", "loop_span": "answer"}])
+def test_queries_loop_like_the_rows_they_cut(kw):
+    """forward(rows=...) (the chain warm-up's queries): query j is prompt rows[j] cut to lengths[j], the same as
+    looping x[rows] with those lengths, though loop_span=answer reads each prompt row into memory once."""
+    model = make(**kw)
+    perturb(model)
+    x, _ = prompts()
+    rows, lengths = torch.tensor([0, 0, 1, 3, 3, 2]), torch.tensor([4, 12, 9, 1, 1, 5])
+    torch.testing.assert_close(model(x, lengths, 3, rows=rows), model(x[rows], lengths, 3), atol=1e-5, rtol=1e-5)
+    with pytest.raises(RLFError, match="not queries"):
+        model(x, lengths, 3, rows=rows, prompt_mode="noise")
+
+
 @pytest.mark.parametrize("kw", [{"core": "mamba1"}, {"scratchpad": 2}, {"loop_layers": 1}])
 def test_loop_span_answer_refuses_what_it_does_not_support(kw):
     with pytest.raises(RLFError, match="loop_span=answer"):

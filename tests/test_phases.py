@@ -65,6 +65,24 @@ def test_killed_inside_phase_two_resumes_to_the_uninterrupted_weights(reference,
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_finished_run_goes_on_with_a_phase_added_when_forced(reference, tmp_path, tiny_llama):
+    """--force with a longer schedule and one more phase (valid only together): the run continues into the new
+    phase from its step 10, and without --force the change is refused, naming it."""
+    import shutil
+
+    ref, cache = reference
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    more = ("phases=[{name: warm, steps: 4, overrides: {hops: '1', lr: 0.01, distractors: 0, n_train: 32}}, "
+            "{name: main, steps: 6}, {name: more, overrides: {lr: 0.001}}]")
+    cfg = two_phase(cache, "max_steps=12", more)
+    with pytest.raises(RLFError, match="config differs from the one the run started with \\(phases"):
+        train(cfg, run, resume=True, progress=False, base=tiny_llama)
+    train(cfg, run, resume=True, force=True, progress=False, base=tiny_llama)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows if "loss" in r][-3:] == ["main", "more", "more"]
+
+
 def test_a_finished_phase_is_not_rerun(reference, tmp_path, tiny_llama, monkeypatch):
     """Resuming at step 6 (inside `main`) never draws a batch of `warm` again."""
     import shutil
@@ -132,22 +150,72 @@ def test_copy_warmup_supervises_each_sampled_position_with_its_own_token(tiny_ll
     assert model.core.mixer.out_proj.weight.grad.abs().max() > 0  # the core learns from it (tiny: a Mamba2 core)
 
 
-@pytest.mark.parametrize("warmup", ["copy", "lookup"])
+@pytest.mark.parametrize("warmup", ["copy", "lookup", "chains"])
 def test_a_warmup_is_refused_for_a_whole_run(tmp_path, tiny_llama, warmup):
     with pytest.raises(RLFError, match=f"supervision={warmup} is a warm-up"):
         train(load_config("tiny", [f"supervision={warmup}"]), tmp_path / "run", progress=False, base=tiny_llama)
 
 
 def test_chain_lookups_are_the_references_to_names_already_assigned():
-    from rlf.tasks.chain import chain_lookups
+    from rlf.tasks.chain import chain_queries
 
     text = "CJ = IB. ML = CJ. IB = NT. OF = ML. What is OF?\nAnswer:"
-    found = chain_lookups(text)
+    found = chain_queries(text)
     # ML's value CJ was assigned before (-> IB), IB's reference NT comes before NT is assigned: none; ML -> CJ; OF -> ML
-    assert [(text[:end].rsplit(" ", 1)[-1], word) for end, word in found] == [("CJ", "IB"), ("ML", "CJ"), ("OF", "ML")]
-    assert chain_lookups("A = sun. What is B?") == []
+    assert [(text[:end].rsplit(" ", 1)[-1], chain[0]) for end, chain, _ in found] == [("CJ", "IB"), ("ML", "CJ"),
+                                                                                      ("OF", "ML")]
+    assert chain_queries("A = sun. What is B?") == []
     with pytest.raises(RLFError, match="assigns 'A' twice"):
-        chain_lookups("A = sun. A = moon. What is A?")
+        chain_queries("A = sun. A = moon. What is A?")
+
+
+def test_chain_queries_follow_each_reference_through_the_statements_before_it():
+    from rlf.tasks.chain import chain_queries
+
+    text = "CJ = IB. ML = CJ. IB = NT. OF = ML. NT = sun. What is OF?"
+    found = [(text[:end].rsplit(" ", 1)[-1], chain, done) for end, chain, done in chain_queries(text)]
+    # at "ML = CJ" CJ -> IB, and IB is assigned only later: an open chain; at "OF = ML" the chain is ML -> CJ -> IB
+    # -> NT (NT assigned later: open); the question sees every statement: its chain is the task's trace, complete
+    assert found == [("CJ", ["IB"], False), ("ML", ["CJ", "IB", "NT"], False),
+                     ("OF", ["ML", "CJ", "IB", "NT", "sun"], True)]
+
+
+def test_a_chains_phase_loops_each_reference_as_the_end_of_its_prompt(tmp_path, tiny_llama):
+    """supervision=chains: each reference is a query, its prompt cut after it and looped as the task is; a complete
+    chain ends in <HALT>, an open one is not supervised past its last known step; the phase's first loss is that of
+    the task's own forward on the cut prompts, recomputed from the same initial weights."""
+    from rlf.model import IGNORE, chain_loss, loop_loss
+    from rlf.train import build_model, chain_batch, reference_chains
+
+    cfg = load_config("tiny", ["max_steps=6", "log_every=1", "val_every=6", "order=backward", "distractors=1",
+                               "phases=[{name: ch, steps: 3, overrides: {supervision: chains}}, {name: main}]"])
+    train(cfg, tmp_path / "run", progress=False, base=tiny_llama)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("phase") for r in rows if "loss" in r] == ["ch"] * 3 + ["main"] * 3
+    examples = read_jsonl(tmp_path / "run" / "train.jsonl")
+    idx = rlf.train.batch_order([len(ex.targets) for ex in examples], cfg.batch_size, cfg.seed, 0)
+    batch = [examples[i] for i in idx]
+    found = reference_chains(batch, tiny_llama.tokenizer, cfg.template, "ch", "chains")
+    model = build_model(cfg, tiny_llama)
+    r, pos, targets = chain_batch(found, model.halt_id)
+    chains = [c for _, cs, _ in found for c in cs]
+    complete = torch.cat([d for _, _, d in found])
+    for j, chain in enumerate(chains):
+        assert targets[j, : len(chain)].tolist() == chain
+        assert targets[j, len(chain)] == (model.halt_id if complete[j] else IGNORE)
+    # every question's chain is complete and is the example's own trace
+    last = [len(p) - 1 for p, _, _ in found]
+    assert [chains[sum(len(p) for p, _, _ in found[:b]) + last[b]] for b in range(len(batch))] == \
+        [rlf.train.target_ids_of([ex], tiny_llama.tokenizer, "t")[0] for ex in batch]
+    x, lengths = tiny_llama.encode_ids(tiny_llama.tokenize([cfg.template.replace("{prompt}", ex.prompt) for ex in batch]))
+    loss, _ = chain_loss(model, x, r, pos, targets)
+    cut = [tiny_llama.encode_ids([tiny_llama.tokenize([cfg.template.replace("{prompt}", batch[b].prompt)])[0][: p + 1]])[0][0]
+           for b, p in zip(r.tolist(), pos.tolist())]
+    width = max(len(c) for c in cut)
+    xs = torch.stack([torch.nn.functional.pad(c, (0, 0, 0, width - len(c))) for c in cut])
+    expect, _ = loop_loss(model(xs, pos + 1, targets.shape[1]), targets)
+    torch.testing.assert_close(loss, expect, rtol=1e-4, atol=1e-5)
+    assert rows[0]["loss"] == pytest.approx(loss.item(), rel=1e-4)
 
 
 def test_lookup_warmup_targets_the_token_of_each_reference(tiny_llama):

@@ -57,8 +57,10 @@ class TrainConfig:
     lora_rank: int = 8  # ... adapted with LoRA of this rank and alpha (only the adapters train)
     lora_alpha: float = 16.0
     # answer_once: no loop (a baseline); copy: a read-out warm-up phase, one loop, every sampled prompt position
-    # must read out its own token through the head (dense: copy_positions targets per prompt, no chain targets)
-    supervision: Literal["per_loop", "final", "answer_once", "copy", "lookup"] = "per_loop"
+    # must read out its own token through the head (dense: copy_positions targets per prompt, no chain targets);
+    # lookup, chains: warm-up phases on chain prompts, every reference to an assigned name asks its first step
+    # (one loop over the prompt) or its whole chain (the prompt cut after the reference, looped as the task is)
+    supervision: Literal["per_loop", "final", "answer_once", "copy", "lookup", "chains"] = "per_loop"
     copy_positions: int = 8
     extra_halt_loops: int = 1  # loops past the longest trace in a batch, all <HALT>: teaches halting to stick
     # optimisation

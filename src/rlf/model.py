@@ -196,19 +196,25 @@ class RLFModel(nn.Module):
         answer_pos = lengths.to(x.device) - 1 + self.cfg.scratchpad  # (B,)
         return x, answer_pos
 
-    def _loop(self, x_prompt, lengths, source, gate_scale: float = 1.0):
+    def _loop(self, x_prompt, lengths, source, gate_scale: float = 1.0, rows=None):
         """The loop's starting state, its step `step(state, i)` and the answer-position read-out `read(state)` (B, d).
 
         loop_span=all: the state is the whole sequence (B, T', d) and each step updates every position.
         loop_span=answer: the core reads the prompt once (the loop-0 input of every position before the answer) into
         a memory, the state is the answer position alone (B, d), and each step updates it against that memory: O(1)
         in the prompt length per loop instead of O(T). Loop 0 is the same either way; later loops differ, as the
-        prompt positions no longer change."""
+        prompt positions no longer change.
+
+        With `rows` (Q,) the loop runs queries: query j is row rows[j] of x_prompt cut to lengths[j] (Q,) (the chain
+        warm-up); loop_span=answer reads each row into its memories once."""
+        queries = rows
+        if rows is not None and self.cfg.loop_span == "all":
+            x_prompt, source, queries = x_prompt[rows], source[rows], None
         x, answer_pos = self._start(x_prompt, lengths)
-        rows = torch.arange(x.shape[0], device=x.device)
+        rows = torch.arange(len(answer_pos), device=x.device) if queries is None else queries.to(x.device)
         if self.cfg.loop_span == "all":
             return x, (lambda x, i: self.step(x, source, i, gate_scale)), (lambda x: x[rows, answer_pos])
-        memory = self.core.remember(self.inject(x, source, 0, gate_scale), answer_pos)
+        memory = self.core.remember(self.inject(x, source, 0, gate_scale), answer_pos, queries)
         source_a = source[rows, answer_pos]
 
         def step(a, i: int):
@@ -220,11 +226,15 @@ class RLFModel(nn.Module):
     def forward(
         self, x_prompt: torch.Tensor, lengths: torch.Tensor, n_loops: int, *, gate_scale: float = 1.0,
         prompt_mode: str = "intact", generator: torch.Generator | None = None, return_states: bool = False,
+        rows: torch.Tensor | None = None,
     ):
         """Per-loop logits at the answer position, (B, n_loops, V + 1), or (B, n_loops, K, V + 1) with K > 1 slots;
-        with return_states also the answer states (B, n_loops, d)."""
+        with return_states also the answer states (B, n_loops, d). With `rows` (Q,), of Q queries: query j is
+        prompt rows[j] cut to lengths[j] (Q,)."""
+        if rows is not None and prompt_mode != "intact":
+            raise RLFError(f"prompt_mode={prompt_mode} perturbs whole prompts, not queries (rows)")
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
-        state, step, read = self._loop(x_prompt, lengths, source, gate_scale)
+        state, step, read = self._loop(x_prompt, lengths, source, gate_scale, rows)
         states = []
         for i in range(n_loops):
             state = step(state, i)
@@ -325,6 +335,14 @@ def position_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor
     with torch.no_grad():
         hits = int((logits.argmax(-1) == ids).sum())
     return loss, {"trace_hits": 0, "loop_hits": [hits], "n": len(ids)}
+
+
+def chain_loss(model: RLFModel, x_prompt: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor,
+               targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The chain warm-up (supervision=chains): query j is prompt rows[j] cut just after position pos[j] (a causal
+    encoder's states of a prefix are the prompt's), looped as the task is, its loops supervised by targets (Q, L)."""
+    x = x_prompt[:, : int(pos.max()) + 1]
+    return loop_loss(model(x, pos.to(x.device) + 1, targets.shape[1], rows=rows.to(x.device)), targets)
 
 
 def loops_needed(target_ids: list[list[int]], supervision: str = "per_loop", extra: int = 0) -> int:

@@ -32,8 +32,8 @@ from rlf.base import Base, load_base
 from rlf.cache import EncodedSet, apply_template, encode_cached
 from rlf.config import DATA_KEYS, TrainConfig, read_run_config
 from rlf.errors import RLFError
-from rlf.model import (IGNORE, RLFConfig, RLFModel, copy_loss, loop_loss, loop_targets, loops_needed, position_loss,
-                       trainable_parameters)
+from rlf.model import (IGNORE, RLFConfig, RLFModel, chain_loss, copy_loss, loop_loss, loop_targets, loops_needed,
+                       position_loss, trainable_parameters)
 from rlf.tasks import Example, read_jsonl, target_token_id, target_token_ids, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -98,26 +98,49 @@ def make_data(cfg: TrainConfig, tokenizer) -> tuple[list[Example], list[Example]
     return train, val
 
 
-def lookup_pairs(examples: list[Example], tokenizer, template: str, phase: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """supervision=lookup: per example, the token positions where its prompt refers to an already assigned name and
-    the id of the word assigned there ((n,), (n,)); see rlf.tasks.chain.chain_lookups."""
-    from rlf.tasks.chain import chain_lookups
+def reference_chains(examples: list[Example], tokenizer, template: str, phase: str, supervision: str
+                     ) -> list[tuple[torch.Tensor, list[list[int]], torch.Tensor]]:
+    """The warm-ups' targets (supervision=lookup, supervision=chains): per example, the token positions where its
+    prompt refers to an already assigned name (n,), each one's chain as target ids (the words reached through the
+    statements before it), and whether that chain is complete (n,); see rlf.tasks.chain.chain_queries."""
+    from rlf.tasks.chain import chain_queries
 
     out, ids = [], {}
     for n, ex in enumerate(examples, 1):
         text = apply_template(template, ex.prompt)
         spans = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
         ends = torch.tensor([end for _, end in spans])
-        found = chain_lookups(text)
+        found = chain_queries(text)
         if not found:
-            raise RLFError(f"phase {phase}: supervision=lookup: example {n} (id {ex.id}) poses no lookup: its prompt "
-                           f"has no 'X = Y.' statement referred to later ({ex.prompt[:80]!r})")
-        for _, word in found:
-            if word not in ids:
-                ids[word] = target_token_id(tokenizer, word)
-        pos = torch.searchsorted(ends, torch.tensor([end for end, _ in found]))  # the token holding the last character
-        out.append((pos, torch.tensor([ids[word] for _, word in found])))
+            raise RLFError(f"phase {phase}: supervision={supervision}: example {n} (id {ex.id}) poses no lookup: its "
+                           f"prompt has no 'X = Y.' statement referred to later ({ex.prompt[:80]!r})")
+        for word in {w for _, chain, _ in found for w in chain} - ids.keys():
+            ids[word] = target_token_id(tokenizer, word)
+        pos = torch.searchsorted(ends, torch.tensor([end for end, _, _ in found]))  # the token holding the last character
+        out.append((pos, [[ids[w] for w in chain] for _, chain, _ in found],
+                    torch.tensor([complete for _, _, complete in found])))
     return out
+
+
+def lookup_pairs(examples: list[Example], tokenizer, template: str, phase: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """supervision=lookup: per example, the token positions where its prompt refers to an already assigned name and
+    the id of the word assigned there ((n,), (n,)): the first step of each of `reference_chains`."""
+    return [(pos, torch.tensor([chain[0] for chain in chains]))
+            for pos, chains, _ in reference_chains(examples, tokenizer, template, phase, "lookup")]
+
+
+def chain_batch(found: list[tuple[torch.Tensor, list[list[int]], torch.Tensor]], halt_id: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """supervision=chains: a batch's queries (each example's `reference_chains`) as rows (Q,) into the batch,
+    positions (Q,) and per-loop targets (Q, L): the chain, then <HALT> if it is complete, IGNORE if it is not
+    (it goes on through a statement after the reference)."""
+    rows = torch.cat([torch.full((len(pos),), r) for r, (pos, _, _) in enumerate(found)])
+    chains = [c for _, cs, _ in found for c in cs]
+    complete = torch.cat([done for _, _, done in found])
+    targets = loop_targets(chains, halt_id, max(map(len, chains)) + 1)
+    lengths = torch.tensor([len(c) for c in chains])
+    open_end = ~complete[:, None] & (torch.arange(targets.shape[1])[None, :] >= lengths[:, None])
+    return rows, torch.cat([pos for pos, _, _ in found]), targets.masked_fill(open_end, IGNORE)
 
 
 def prepare_split(examples: list[Example], base: Base, cfg: TrainConfig, name: str, progress: bool) -> Split:
@@ -399,6 +422,15 @@ def check_batch_split(cfg: TrainConfig, plan: list[Phase], world_size: int) -> N
                            f"use a multiple of {world_size}, e.g. {' or '.join(map(str, near))}")
 
 
+def _changes_digest(saved: TrainConfig, cfg: TrainConfig, key: str) -> bool:
+    """Whether cfg's value of `key` alone changes saved's digest; a value valid only with the other changes (phases
+    that need a new max_steps) changes it too."""
+    try:
+        return dataclasses.replace(saved, **{key: getattr(cfg, key)}).digest() != saved.digest()
+    except RLFError:
+        return True
+
+
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool = False, progress: bool = True,
           base: Base | None = None) -> dict:
     """Train an RLF model into run directory `out`; with resume=True continue from its checkpoint.
@@ -411,9 +443,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     if resume:
         saved = read_run_config(run)
         if saved.digest() != cfg.digest():
-            changed = [k for k, v in saved.to_dict().items()
-                       if getattr(cfg, k) != v and dataclasses.replace(saved, **{k: getattr(cfg, k)}).digest()
-                       != saved.digest()]
+            changed = [k for k, v in saved.to_dict().items() if getattr(cfg, k) != v and _changes_digest(saved, cfg, k)]
             what = ", ".join(f"{k}: {getattr(saved, k)!r} -> {getattr(cfg, k)!r}" for k in changed)
             if not force:
                 raise RLFError(f"{run}: the config differs from the one the run started with ({what}); "
@@ -424,7 +454,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     elif run.exists() and not run.is_dir():
         raise RLFError(f"--out {run}: exists and is not a directory")
 
-    if cfg.supervision in ("copy", "lookup"):
+    if cfg.supervision in ("copy", "lookup", "chains"):
         raise RLFError(f"config: supervision={cfg.supervision} is a warm-up: set it in a phase (phases: [{{name: warm, "
                        f"steps: 200, overrides: {{supervision: {cfg.supervision}}}}}, {{name: main}}]), not for the "
                        f"whole run")
@@ -511,7 +541,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="train", unit="step", disable=not progress,
                dynamic_ncols=True)
     t_last, examples_since = time.perf_counter(), 0
-    warmup_targets: dict[str, object] = {}  # per warm-up phase, built once: copy's token ids, lookup's pairs
+    warmup_targets: dict[str, object] = {}  # per warm-up phase, built once: copy's token ids, lookup's pairs, chains'
     while state["step"] < cfg.max_steps and state["stopped"] is None:
         step = state["step"]
         ph = phase_at(plan, step)
@@ -544,6 +574,13 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
             with autocast:
                 loss, stats = step_fn(position_loss, x.to(device), lengths, rows,
                                       torch.cat([p for p, _ in pairs]), torch.cat([t for _, t in pairs]))
+        elif pcfg.supervision == "chains":
+            if ph.name not in warmup_targets:
+                warmup_targets[ph.name] = reference_chains(sp.examples, base.tokenizer, cfg.template, ph.name,
+                                                           "chains")
+            rows, pos, targets = chain_batch([warmup_targets[ph.name][i] for i in mine], model.halt_id)
+            with autocast:
+                loss, stats = step_fn(chain_loss, x.to(device), rows, pos, targets.to(device))
         else:
             n_loops = loops_needed(tids, pcfg.supervision, pcfg.extra_halt_loops)
             targets = loop_targets(tids, model.halt_id, n_loops, pcfg.supervision, cfg.target_tokens)

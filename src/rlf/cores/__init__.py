@@ -29,8 +29,8 @@ class NarrowCore(nn.Module):
     def forward(self, x):
         return self.up(self.inner(self.down(x)))
 
-    def remember(self, x, last):
-        return self.inner.remember(self.down(x), last)
+    def remember(self, x, last, rows=None):
+        return self.inner.remember(self.down(x), last, rows)
 
     def recall(self, memory, a):
         return self.up(self.inner.recall(memory, self.down(a)))

@@ -55,9 +55,10 @@ class Mamba2Core(nn.Module):
             return self.mixer(h)  # (B, T, d)
         return ssd_forward(self.mixer, h)
 
-    def remember(self, x: torch.Tensor, last: torch.Tensor) -> dict:
-        """loop_span=answer: the core's view of positions < last (B,), built once per prompt."""
-        return ssd_remember(self.mixer, self.norm(x), last)
+    def remember(self, x: torch.Tensor, last: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
+        """loop_span=answer: the core's view of positions < last (B,), built once per prompt; with `rows` (Q,), of
+        query j's positions < last[j] (Q,) of row rows[j] of x."""
+        return ssd_remember(self.mixer, self.norm(x), last, rows)
 
     def recall(self, memory: dict, a: torch.Tensor) -> torch.Tensor:
         """The update at the answer position for its input a (B, d), given `remember`'s memory: equals
@@ -111,20 +112,22 @@ def ssd_forward(m, h: torch.Tensor) -> torch.Tensor:
     return m.out_proj(y.to(h.dtype))
 
 
-def ssd_remember(m, h: torch.Tensor, last: torch.Tensor) -> dict:
+def ssd_remember(m, h: torch.Tensor, last: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
     """What the answer position at index `last` (B,) reads of positions < last in `ssd_forward`: the SSM state
     after position last - 1, (B, H, P, N), and the conv's last K - 1 raw inputs, (B, K - 1, conv_dim) (zeros
-    before the start, like the causal pad). With `ssd_recall` it gives `ssd_forward(m, h)` at `last` exactly."""
-    Bsz, T, _ = h.shape
+    before the start, like the causal pad). With `ssd_recall` it gives `ssd_forward(m, h)` at `last` exactly.
+    With `rows` (Q,), the same for queries j = row rows[j] of h read at last[j] (Q,): the scan inputs are
+    computed once per row of h, however many queries read it."""
+    T = h.shape[1]
     s = scan_inputs(m, h)
-    rows = torch.arange(Bsz, device=h.device)
+    rows = torch.arange(h.shape[0], device=h.device) if rows is None else rows
     offsets = torch.arange(m.conv_kernel_size - 1, device=h.device)
     tail = s["padded"][rows[:, None], last[:, None] + offsets]  # raw inputs of positions last-K+1 .. last-1
-    cum = torch.cumsum(s["A"] * s["dt"], dim=1)  # (B, T, H)
-    before = torch.arange(T, device=h.device)[None, :] < last[:, None]  # (B, T): the positions remembered
-    end = cum[rows, (last - 1).clamp_min(0)]  # (B, H): cum at position last - 1
-    weight = torch.exp((end[:, None] - cum).masked_fill(~before[..., None], -torch.inf)) * s["dt"]  # (B, T, H)
-    state = torch.einsum("bsh,bshp,bshn->bhpn", weight, s["x"], s["B"])
+    cum = torch.cumsum(s["A"] * s["dt"], dim=1)[rows]  # (Q, T, H)
+    before = torch.arange(T, device=h.device)[None, :] < last[:, None]  # (Q, T): the positions remembered
+    end = cum[torch.arange(len(rows), device=h.device), (last - 1).clamp_min(0)]  # (Q, H): cum at position last - 1
+    weight = torch.exp((end[:, None] - cum).masked_fill(~before[..., None], -torch.inf)) * s["dt"][rows]  # (Q, T, H)
+    state = torch.einsum("bsh,bshp,bshn->bhpn", weight, s["x"][rows], s["B"][rows])
     return {"state": state, "tail": tail}
 
 

@@ -61,10 +61,13 @@ class TransformerCore(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out_proj(self.norm(self._layers(x)[0]))  # (B, T, d)
 
-    def remember(self, x: torch.Tensor, last: torch.Tensor) -> dict:
-        """loop_span=answer: every layer's keys and values at positions < last (B,), from one causal pass."""
+    def remember(self, x: torch.Tensor, last: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
+        """loop_span=answer: every layer's keys and values at positions < last (B,), from one causal pass; with
+        `rows` (Q,), query j's of row rows[j] of x before last[j] (Q,), the pass run once per row of x."""
         _, keys, values = self._layers(x, keep=True)
-        before = torch.arange(x.shape[1], device=x.device)[None, :] < last[:, None]  # (B, T)
+        if rows is not None:
+            keys, values = [k[rows] for k in keys], [v[rows] for v in values]
+        before = torch.arange(x.shape[1], device=x.device)[None, :] < last[:, None]  # (Q, T)
         return {"keys": keys, "values": values, "before": before, "last": last}
 
     def recall(self, memory: dict, a: torch.Tensor) -> torch.Tensor:

@@ -72,20 +72,28 @@ _STATEMENT = re.compile(r"(?:^|(?<=\s))(\S+) = (\S+?)\.(?=\s|$)")
 _QUESTION = re.compile(r"What is (\S+?)\?")
 
 
-def chain_lookups(text: str) -> list[tuple[int, str]]:
-    """Every lookup a chain prompt poses at a position, for the lookup warm-up (supervision=lookup): where a name is
-    referred to (a statement's right-hand side, or the question's name) after the statement that assigns it,
-    (the character offset just past that reference, the word it is assigned). A causal core at that position has
-    seen the assignment; the question's own lookup is the chain's first pointer."""
+def chain_queries(text: str) -> list[tuple[int, list[str], bool]]:
+    """Every chain a chain prompt poses at a position, for the warm-ups (supervision=lookup: its first step; supervision=chains):
+    where a name is referred to (a statement's right-hand side, or the question's name) after the statement that
+    assigns it, (the character offset just past that reference, the words its chain reaches through the statements
+    before that reference, whether that chain is complete). Complete: it ends at a word no statement of the prompt
+    assigns (a value word); otherwise it stops at a name assigned only later, which a causal core there has not
+    seen. The question's own chain is the task's trace."""
     assigned: dict[str, str] = {}
-    refs = [(m.end(2), m.start(), m.group(1), m.group(2)) for m in _STATEMENT.finditer(text)]
-    refs += [(m.end(1), m.start(), None, m.group(1)) for m in _QUESTION.finditer(text)]
+    statements = [(m.end(2), m.start(), m.group(1), m.group(2)) for m in _STATEMENT.finditer(text)]
+    names = {name for _, _, name, _ in statements}
+    refs = statements + [(m.end(1), m.start(), None, m.group(1)) for m in _QUESTION.finditer(text)]
     out = []
     for end, start, name, ref in sorted(refs):
-        if ref in assigned:
-            out.append((end, assigned[ref]))
+        chain, word = [], ref
+        while word in assigned and len(chain) <= len(assigned):
+            word = assigned[word]
+            chain.append(word)
+        if chain:
+            out.append((end, chain, word not in names))
         if name is not None:
             if name in assigned:
                 raise RLFError(f"chain prompt assigns {name!r} twice: {text!r}")
             assigned[name] = ref
     return out
+

@@ -1,0 +1,69 @@
+"""Where does a chain-prompt run's chaining fail: at the lookup, at the next lookup, or at the answer position? For
+the first N val chains of a run, per loop k, the accuracy of loop k's target (step k + 1 of a chain: a name, or the
+value word), among the loops that have one:
+
+- `references`: every reference to an assigned name in the prompt, the prompt cut after it (the chain warm-up's
+  queries, supervision=chains; its chain through the statements before it);
+- `question name`: the question's own name token, the prompt cut after it (one of those queries);
+- `answer position`: the task as trained and evaluated (the answer position of the run's template).
+
+    python benchmarks/chain_depth_probe.py RUN [--n 300] [--loops 5]
+
+Prints counts and rates. Not a test.
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from rlf.tasks import read_jsonl
+from rlf.train import chain_batch, load_run, reference_chains, target_ids_of
+
+
+def tally(logits: torch.Tensor, targets: torch.Tensor, halt_id: int, loops: int) -> list[tuple[int, int]]:
+    """(hits, count) per loop over the targets that are a chain step (not <HALT>, not unsupervised)."""
+    top = logits.argmax(-1)
+    out = []
+    for k in range(min(loops, targets.shape[1])):
+        real = (targets[:, k] >= 0) & (targets[:, k] != halt_id)
+        out.append((int((top[:, k] == targets[:, k])[real].sum()), int(real.sum())))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run")
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--loops", type=int, default=5)
+    args = ap.parse_args()
+    run = load_run(args.run, device="cpu")
+    model, tok = run.model, run.base.tokenizer
+    examples = read_jsonl(Path(args.run) / "val.jsonl")[: args.n]
+    found = reference_chains(examples, tok, run.config.template, "probe", "chains")
+    rows, pos, targets = chain_batch(found, model.halt_id)
+    x, lengths = run.encode([ex.prompt for ex in examples])
+    question = torch.tensor([sum(len(p) for p, _, _ in found[: b + 1]) - 1 for b in range(len(examples))])
+    tids = target_ids_of(examples, tok, "val")
+    L = max(map(len, tids))
+    task_targets = torch.full((len(examples), L), -100)
+    for b, t in enumerate(tids):
+        task_targets[b, : len(t)] = torch.tensor(t)
+    with torch.no_grad():
+        ref_logits = torch.cat([model(x[:, : int(pos[i : i + 256].max()) + 1], pos[i : i + 256] + 1, targets.shape[1],
+                                      rows=rows[i : i + 256]) for i in range(0, len(rows), 256)])
+        task_logits = model(x, lengths, L)
+    results = {
+        "references": tally(ref_logits, targets, model.halt_id, args.loops),
+        "question name": tally(ref_logits[question], targets[question], model.halt_id, args.loops),
+        "answer position": tally(task_logits, task_targets, model.halt_id, args.loops),
+    }
+    print(f"{args.run}: {len(examples)} val chains, {len(rows)} reference queries; loop k = chain step k + 1")
+    print(f"{'queries':<16}" + "".join(f"{'loop ' + str(k):>16}" for k in range(args.loops)))
+    for name, per_loop in results.items():
+        cells = [f"{h}/{n} {h / n:.1%}" if n else "-" for h, n in per_loop]
+        print(f"{name:<16}" + "".join(f"{c:>16}" for c in cells))
+
+
+if __name__ == "__main__":
+    main()
