@@ -5,7 +5,11 @@ value word), among the loops that have one:
 - `references`: every reference to an assigned name in the prompt, the prompt cut after it (the chain warm-up's
   queries, supervision=chains; its chain through the statements before it);
 - `question name`: the question's own name token, the prompt cut after it (one of those queries);
-- `answer position`: the task as trained and evaluated (the answer position of the run's template).
+- `answer position`: the task as trained and evaluated (the answer position of the run's template);
+- `answer, oracle input`: the same, but from loop 1 on the loop's input is not its own output: it is the encoder's
+  state of the token where the prompt refers to the name the loop must look up (the right-hand side of
+  `N_k-1 = N_k.`), the input a reference query starts from. If this row is far above the one before, turning the
+  loop's output back into a key is what fails.
 
     python benchmarks/chain_depth_probe.py RUN [--n 300] [--loops 5]
 
@@ -17,7 +21,9 @@ from pathlib import Path
 
 import torch
 
+from rlf.cache import apply_template
 from rlf.tasks import read_jsonl
+from rlf.tasks.chain import _STATEMENT as STATEMENT
 from rlf.train import chain_batch, load_run, reference_chains, target_ids_of
 
 
@@ -29,6 +35,26 @@ def tally(logits: torch.Tensor, targets: torch.Tensor, halt_id: int, loops: int)
         real = (targets[:, k] >= 0) & (targets[:, k] != halt_id)
         out.append((int((top[:, k] == targets[:, k])[real].sum()), int(real.sum())))
     return out
+
+
+def oracle_logits(model, x, lengths, examples, tokenizer, template: str, loops: int) -> torch.Tensor:
+    """Per-loop logits (B, loops, V + 1) with loop k >= 1 fed the encoder's state at the prompt's reference to the
+    trace's name k - 1 (the token ending 'N = name.')."""
+    refs = []
+    for ex in examples:
+        text = apply_template(template, ex.prompt)
+        ends = torch.tensor([end for _, end in tokenizer(text, return_offsets_mapping=True)["offset_mapping"]])
+        rhs = {m.group(2): m.end(2) for m in STATEMENT.finditer(text)}
+        refs.append([int(torch.searchsorted(ends, torch.tensor(rhs[w]))) for w in ex.targets[:-1]])
+    rows = torch.arange(len(examples))
+    state, step, read = model._loop(x, lengths, model.lifeline_source(x, lengths, "intact", None))
+    out = []
+    for k in range(loops):
+        if k >= 1:
+            state = x[rows, torch.tensor([r[k - 1] if k - 1 < len(r) else 0 for r in refs])]
+        state = step(state, k)
+        out.append(model.head(read(state)))
+    return torch.stack(out, 1)
 
 
 def main() -> None:
@@ -53,16 +79,18 @@ def main() -> None:
         ref_logits = torch.cat([model(x[:, : int(pos[i : i + 256].max()) + 1], pos[i : i + 256] + 1, targets.shape[1],
                                       rows=rows[i : i + 256]) for i in range(0, len(rows), 256)])
         task_logits = model(x, lengths, L)
+        oracle = oracle_logits(model, x, lengths, examples, tok, run.config.template, L)
     results = {
         "references": tally(ref_logits, targets, model.halt_id, args.loops),
         "question name": tally(ref_logits[question], targets[question], model.halt_id, args.loops),
         "answer position": tally(task_logits, task_targets, model.halt_id, args.loops),
+        "answer, oracle input": tally(oracle, task_targets, model.halt_id, args.loops),
     }
     print(f"{args.run}: {len(examples)} val chains, {len(rows)} reference queries; loop k = chain step k + 1")
-    print(f"{'queries':<16}" + "".join(f"{'loop ' + str(k):>16}" for k in range(args.loops)))
+    print(f"{'queries':<22}" + "".join(f"{'loop ' + str(k):>16}" for k in range(args.loops)))
     for name, per_loop in results.items():
         cells = [f"{h}/{n} {h / n:.1%}" if n else "-" for h, n in per_loop]
-        print(f"{name:<16}" + "".join(f"{c:>16}" for c in cells))
+        print(f"{name:<22}" + "".join(f"{c:>16}" for c in cells))
 
 
 if __name__ == "__main__":
