@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from rlf.cache import apply_template
+from rlf.model import loop_targets
 from rlf.tasks import read_jsonl
 from rlf.tasks.chain import _STATEMENT as STATEMENT
 from rlf.train import chain_batch, load_run, reference_chains, target_ids_of
@@ -69,12 +70,10 @@ def main() -> None:
     found = reference_chains(examples, tok, run.config.template, "probe", "chains")
     rows, pos, targets = chain_batch(found, model.halt_id)
     x, lengths = run.encode([ex.prompt for ex in examples])
-    question = torch.tensor([sum(len(p) for p, _, _ in found[: b + 1]) - 1 for b in range(len(examples))])
+    question = torch.tensor([len(p) for p, _, _ in found]).cumsum(0) - 1  # each prompt's last query
     tids = target_ids_of(examples, tok, "val")
     L = max(map(len, tids))
-    task_targets = torch.full((len(examples), L), -100)
-    for b, t in enumerate(tids):
-        task_targets[b, : len(t)] = torch.tensor(t)
+    task_targets = loop_targets(tids, model.halt_id, L + 1)[:, :L]  # tally skips the <HALT> loops
     with torch.no_grad():
         ref_logits = torch.cat([model(x[:, : int(pos[i : i + 256].max()) + 1], pos[i : i + 256] + 1, targets.shape[1],
                                       rows=rows[i : i + 256]) for i in range(0, len(rows), 256)])

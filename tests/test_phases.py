@@ -150,6 +150,21 @@ def test_copy_warmup_supervises_each_sampled_position_with_its_own_token(tiny_ll
     assert model.core.mixer.out_proj.weight.grad.abs().max() > 0  # the core learns from it (tiny: a Mamba2 core)
 
 
+def warmup_then_task(tmp_path, base, supervision: str, steps: int):
+    """Train `steps` of a warm-up phase then as many of the task (tiny, backward chains); check the phase log;
+    return the config, the metrics rows and the run's first batch of examples."""
+    cfg = load_config("tiny", [f"max_steps={2 * steps}", "log_every=1", f"val_every={2 * steps}", "order=backward",
+                               "distractors=1",
+                               f"phases=[{{name: warm, steps: {steps}, overrides: {{supervision: {supervision}}}}}, "
+                               "{name: main}]"])
+    train(cfg, tmp_path / "run", progress=False, base=base)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("phase") for r in rows if "loss" in r] == ["warm"] * steps + ["main"] * steps
+    examples = read_jsonl(tmp_path / "run" / "train.jsonl")
+    idx = rlf.train.batch_order([len(ex.targets) for ex in examples], cfg.batch_size, cfg.seed, 0)
+    return cfg, rows, [examples[i] for i in idx]
+
+
 @pytest.mark.parametrize("warmup", ["copy", "lookup", "chains"])
 def test_a_warmup_is_refused_for_a_whole_run(tmp_path, tiny_llama, warmup):
     with pytest.raises(RLFError, match=f"supervision={warmup} is a warm-up"):
@@ -187,15 +202,8 @@ def test_a_chains_phase_loops_each_reference_as_the_end_of_its_prompt(tmp_path, 
     from rlf.model import IGNORE, chain_loss, loop_loss
     from rlf.train import build_model, chain_batch, reference_chains
 
-    cfg = load_config("tiny", ["max_steps=6", "log_every=1", "val_every=6", "order=backward", "distractors=1",
-                               "phases=[{name: ch, steps: 3, overrides: {supervision: chains}}, {name: main}]"])
-    train(cfg, tmp_path / "run", progress=False, base=tiny_llama)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r.get("phase") for r in rows if "loss" in r] == ["ch"] * 3 + ["main"] * 3
-    examples = read_jsonl(tmp_path / "run" / "train.jsonl")
-    idx = rlf.train.batch_order([len(ex.targets) for ex in examples], cfg.batch_size, cfg.seed, 0)
-    batch = [examples[i] for i in idx]
-    found = reference_chains(batch, tiny_llama.tokenizer, cfg.template, "ch", "chains")
+    cfg, rows, batch = warmup_then_task(tmp_path, tiny_llama, "chains", 3)
+    found = reference_chains(batch, tiny_llama.tokenizer, cfg.template, "warm", "chains")
     model = build_model(cfg, tiny_llama)
     r, pos, targets = chain_batch(found, model.halt_id)
     chains = [c for _, cs, _ in found for c in cs]
@@ -209,8 +217,8 @@ def test_a_chains_phase_loops_each_reference_as_the_end_of_its_prompt(tmp_path, 
         [rlf.train.target_ids_of([ex], tiny_llama.tokenizer, "t")[0] for ex in batch]
     x, lengths = tiny_llama.encode_ids(tiny_llama.tokenize([cfg.template.replace("{prompt}", ex.prompt) for ex in batch]))
     loss, _ = chain_loss(model, x, r, pos, targets)
-    cut = [tiny_llama.encode_ids([tiny_llama.tokenize([cfg.template.replace("{prompt}", batch[b].prompt)])[0][: p + 1]])[0][0]
-           for b, p in zip(r.tolist(), pos.tolist())]
+    ids = tiny_llama.tokenize([cfg.template.replace("{prompt}", ex.prompt) for ex in batch])
+    cut = [tiny_llama.encode_ids([ids[b][: p + 1]])[0][0] for b, p in zip(r.tolist(), pos.tolist())]
     width = max(len(c) for c in cut)
     xs = torch.stack([torch.nn.functional.pad(c, (0, 0, 0, width - len(c))) for c in cut])
     expect, _ = loop_loss(model(xs, pos + 1, targets.shape[1]), targets)
@@ -244,15 +252,8 @@ def test_a_lookup_phase_trains_on_exactly_those_pairs(tmp_path, tiny_llama):
     from rlf.model import position_loss
     from rlf.train import build_model, lookup_pairs
 
-    cfg = load_config("tiny", ["max_steps=8", "log_every=1", "val_every=8", "order=backward", "distractors=1",
-                               "phases=[{name: lk, steps: 4, overrides: {supervision: lookup}}, {name: main}]"])
-    train(cfg, tmp_path / "run", progress=False, base=tiny_llama)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r.get("phase") for r in rows if "loss" in r] == ["lk"] * 4 + ["main"] * 4
-    examples = read_jsonl(tmp_path / "run" / "train.jsonl")
-    idx = rlf.train.batch_order([len(ex.targets) for ex in examples], cfg.batch_size, cfg.seed, 0)
-    batch = [examples[i] for i in idx]
-    pairs = lookup_pairs(batch, tiny_llama.tokenizer, cfg.template, "lk")
+    cfg, rows, batch = warmup_then_task(tmp_path, tiny_llama, "lookup", 4)
+    pairs = lookup_pairs(batch, tiny_llama.tokenizer, cfg.template, "warm")
     x, lengths = tiny_llama.encode_ids(tiny_llama.tokenize([cfg.template.replace("{prompt}", ex.prompt) for ex in batch]))
     r = torch.cat([torch.full((len(p),), b) for b, (p, _) in enumerate(pairs)])
     pos, ids = torch.cat([p for p, _ in pairs]), torch.cat([t for _, t in pairs])

@@ -207,21 +207,21 @@ class RLFModel(nn.Module):
 
         With `rows` (Q,) the loop runs queries: query j is row rows[j] of x_prompt cut to lengths[j] (Q,) (the chain
         warm-up); loop_span=answer reads each row into its memories once."""
-        queries = rows
-        if rows is not None and self.cfg.loop_span == "all":
-            x_prompt, source, queries = x_prompt[rows], source[rows], None
+        if rows is not None and self.cfg.loop_span == "all":  # every position loops: one sequence per query
+            x_prompt, source, rows = x_prompt[rows], source[rows], None
         x, answer_pos = self._start(x_prompt, lengths)
-        rows = torch.arange(len(answer_pos), device=x.device) if queries is None else queries.to(x.device)
+        row_of = torch.arange(len(answer_pos), device=x.device) if rows is None else rows.to(x.device)
         if self.cfg.loop_span == "all":
-            return x, (lambda x, i: self.step(x, source, i, gate_scale)), (lambda x: x[rows, answer_pos])
+            return x, (lambda x, i: self.step(x, source, i, gate_scale)), (lambda x: x[row_of, answer_pos])
+        queries = None if rows is None else row_of
         memory = self.core.remember(self.inject(x, source, 0, gate_scale), answer_pos, queries)
-        source_a = source[rows, answer_pos]
+        source_a = source[row_of, answer_pos]
 
         def step(a, i: int):
             a = self.inject(a, source_a, i, gate_scale)
             return self.loop_norm(a + self.core.recall(memory, a))
 
-        return x[rows, answer_pos], step, (lambda a: a)
+        return x[row_of, answer_pos], step, (lambda a: a)
 
     def forward(
         self, x_prompt: torch.Tensor, lengths: torch.Tensor, n_loops: int, *, gate_scale: float = 1.0,
