@@ -330,33 +330,6 @@ def test_conv_tail_first_gives_later_loops_a_window_of_their_own():
             make(conv_tail="first", **kw)
 
 
-@pytest.mark.parametrize("core", ["mamba2", "transformer"])
-def test_word_feedback_adds_the_word_a_loop_read_out_to_the_next_loops_input(core):
-    """word_feedback: from loop 1 on a loop's input is its state plus the RMS-normalised mean of the head's word
-    vectors under its read-out distribution (<HALT> excluded); loop 0 is unchanged, solve follows forward."""
-    kw = {"loop_span": "answer", "lifeline": "none", "loop_pos": "none"}
-    plain, fed = make(core, **kw), make(core, word_feedback=True, **kw)
-    perturb(plain)
-    fed.load_state_dict(plain.state_dict())
-    x, lengths = prompts()
-    got, states = fed(x, lengths, 3, return_states=True)
-    assert torch.allclose(got[:, 0], plain(x, lengths, 1)[:, 0], atol=1e-6)
-    rows, last = torch.arange(4), lengths - 1
-    memory = fed.core.remember(x, last)
-    a = x[rows, last]
-    for k in range(3):
-        if k:
-            p = fed.head(a).softmax(-1)[:, :V]
-            word = p @ fed.lm_head
-            a = a + word / word.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()
-        a = fed.loop_norm(a + fed.core.recall(memory, a))
-        torch.testing.assert_close(states[:, k], a, atol=1e-5, rtol=1e-5)
-    out = fed.solve(x, lengths, 3, min_loops=3)
-    assert torch.equal(out["tokens"][out["halted_at"] < 0], got.argmax(-1)[out["halted_at"] < 0])
-    with pytest.raises(RLFError, match="word_feedback=true is for loop_span=answer"):
-        make(core, word_feedback=True)
-
-
 @pytest.mark.parametrize("kw", [{"core": "mamba1"}, {"scratchpad": 2}, {"loop_layers": 1}])
 def test_loop_span_answer_refuses_what_it_does_not_support(kw):
     with pytest.raises(RLFError, match="loop_span=answer"):

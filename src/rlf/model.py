@@ -53,7 +53,6 @@ class RLFConfig:
     core_pos: Literal["none", "rope"] = "none"  # token positions inside the core: rotary attention (transformer only)
     target_tokens: int = 1  # K read-out slots per loop: a loop target may be a word of up to K base tokens
     conv_tail: Literal["every", "first"] = "every"  # mamba2, loop_span=answer: which loops' conv sees the prompt's end
-    word_feedback: bool = False  # loop_span=answer: each loop's input adds the word vector its read-out names
 
     def __post_init__(self):
         for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
@@ -70,9 +69,6 @@ class RLFConfig:
             raise RLFError(f"conv_tail={self.conv_tail} is for core=mamba2 with loop_span=answer (the convolution "
                            f"window of the answer position); this model has core={self.core}, "
                            f"loop_span={self.loop_span}")
-        if self.word_feedback and self.loop_span != "answer":
-            raise RLFError("word_feedback=true is for loop_span=answer (it feeds the answer position's read-out back); "
-                           f"this model has loop_span={self.loop_span}")
         if self.loop_span == "answer":
             clash = [k for k in ("scratchpad", "loop_layers") if getattr(self, k)]
             if self.core not in ("mamba2", "transformer") or clash:
@@ -130,8 +126,6 @@ class RLFModel(nn.Module):
         else:
             self.register_buffer("lm_head", lm_head.detach().float(), persistent=False)
         self.halt_row = nn.Parameter(lm_head.detach().float().mean(0, keepdim=True).clone())  # (1, d)
-        if cfg.word_feedback:
-            self.word_norm = nn.RMSNorm(d, eps=1e-5, elementwise_affine=False)  # no weight: trains in no warm-up
         if cfg.target_tokens > 1:  # slot k reads h + slot_maps[k - 1] h: zero, so every slot starts as slot 0 reads
             self.slot_maps = nn.Parameter(torch.zeros(cfg.target_tokens - 1, d, d))  # (K - 1, d, d), no RNG drawn
         if cfg.loop_layers:  # last, so the other parameters draw the same random numbers with or without it
@@ -160,13 +154,6 @@ class RLFModel(nn.Module):
             return h
         extra = h.unsqueeze(-2) + torch.einsum("ked,...d->...ke", self.slot_maps.to(h.dtype), h)  # (..., K - 1, d)
         return torch.cat([h.unsqueeze(-2), extra], -2)
-
-    def word_vector(self, h: torch.Tensor) -> torch.Tensor:
-        """word_feedback: the head's word vectors (its rows, the tied base's input embeddings) averaged under the
-        read-out distribution of answer states h (..., d), RMS-normalised (..., d): the word a loop names, as a
-        vector, differentiable in h."""
-        p = self.head(h).float().softmax(-1)[..., : self.cfg.vocab_size]  # <HALT> has no word
-        return self.word_norm((p @ self.lm_head).to(h.dtype))
 
     def lifeline_source(self, x_prompt, lengths, prompt_mode: str, generator: torch.Generator | None):
         """What the lifeline re-injects: the prompt, Gaussian noise of matched norm, or the prompt shuffled."""
@@ -224,9 +211,7 @@ class RLFModel(nn.Module):
         in the prompt length per loop instead of O(T). Loop 0 is the same either way; later loops differ, as the
         prompt positions no longer change. With conv_tail=first (Mamba2) only loop 0's convolution window holds the
         prompt's last tokens; from loop 1 on it holds zeros, so the window (and the key the loop's state looks up)
-        is the loop's own state, not the question's tokens again. With word_feedback, from loop 1 on the input
-        also adds `word_vector` of the previous loop's state: the pointer it read out re-enters as the word's own
-        vector (DiscoLoop's discrete channel, arXiv 2607.00341), not only as a state the head decodes to it.
+        is the loop's own state, not the question's tokens again.
 
         With `rows` (Q,) the loop runs queries: query j is row rows[j] of x_prompt cut to lengths[j] (Q,) (the chain
         warm-up); loop_span=answer reads each row into its memories once."""
@@ -245,8 +230,6 @@ class RLFModel(nn.Module):
         source_a = source[row_of, answer_pos]
 
         def step(a, i: int, position: int):
-            if self.cfg.word_feedback and i > 0:
-                a = a + self.word_vector(a)
             a = self.inject(a, source_a, position, gate_scale)
             return self.loop_norm(a + self.core.recall(memory if i == 0 else later, a))
 
