@@ -53,7 +53,7 @@ def oracle_logits(model, x, lengths, examples, tokenizer, template: str, loops: 
     for k in range(loops):
         if k >= 1:
             state = x[rows, torch.tensor([r[k - 1] if k - 1 < len(r) else 0 for r in refs])]
-        state = step(state, k, k)
+        state = step(state, k)
         out.append(model.head(read(state)))
     return torch.stack(out, 1)
 

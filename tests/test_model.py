@@ -304,32 +304,6 @@ def test_queries_loop_like_the_rows_they_cut(kw):
         model(x, lengths, 3, rows=rows, prompt_mode="noise")
 
 
-def test_conv_tail_first_gives_later_loops_a_window_of_their_own():
-    """conv_tail=first: loop 0 is the conv_tail=every model's; from loop 1 the answer position's convolution window
-    holds zeros where it held the prompt's last tokens, so a loop's query is its own state (checked against the
-    core's remember/recall by hand); solve follows forward, and every other core or span refuses the option."""
-    kw = {"loop_span": "answer", "lifeline": "none", "loop_pos": "none"}  # the step is then remember/recall alone
-    every, first = make(**kw), make(conv_tail="first", **kw)
-    perturb(every)
-    first.load_state_dict(every.state_dict())
-    x, lengths = prompts()
-    got, states = first(x, lengths, 3, return_states=True)
-    want = every(x, lengths, 3)
-    assert torch.allclose(got[:, 0], want[:, 0], atol=1e-6) and not torch.allclose(got[:, 1:], want[:, 1:], atol=1e-3)
-    rows, last = torch.arange(4), lengths - 1
-    memory = first.core.remember(x, last)
-    blank = {**memory, "tail": torch.zeros_like(memory["tail"])}
-    a = x[rows, last]
-    for k in range(3):
-        a = first.loop_norm(a + first.core.recall(memory if k == 0 else blank, a))
-        torch.testing.assert_close(states[:, k], a, atol=1e-5, rtol=1e-5)
-    out = first.solve(x, lengths, 3, min_loops=3)
-    assert torch.equal(out["tokens"][out["halted_at"] < 0], got.argmax(-1)[out["halted_at"] < 0])
-    for kw in ({"loop_span": "all"}, {"core": "transformer", "loop_span": "answer"}):
-        with pytest.raises(RLFError, match="conv_tail=first is for core=mamba2 with loop_span=answer"):
-            make(conv_tail="first", **kw)
-
-
 @pytest.mark.parametrize("kw", [{"core": "mamba1"}, {"scratchpad": 2}, {"loop_layers": 1}])
 def test_loop_span_answer_refuses_what_it_does_not_support(kw):
     with pytest.raises(RLFError, match="loop_span=answer"):

@@ -51,8 +51,6 @@ class TrainConfig:
     core_dim: int = 0  # the core's width: 0 = the base's; k < d loops a k-wide core between d->k and k->d maps
     loop_span: Literal["all", "answer"] = "all"  # each loop updates every position, or the answer one (mamba2, transformer)
     core_pos: Literal["none", "rope"] = "none"  # transformer core: rotary positions over the prompt tokens
-    conv_tail: Literal["every", "first"] = "every"  # mamba2, loop_span=answer: first = the prompt's end in loop 0's
-    # convolution window only (later loops' windows hold zeros)
     target_tokens: int = 1  # K: a loop target may be a word of up to K base tokens, read from K slots (1 = one token)
     chunk_size: int = 64
     loop_layers: int = 0  # the seeds' full recipe: this many base layers above encoder_layers run inside the loop

@@ -52,12 +52,11 @@ class RLFConfig:
     loop_span: Literal["all", "answer"] = "all"  # what each loop updates; see RLFModel._loop
     core_pos: Literal["none", "rope"] = "none"  # token positions inside the core: rotary attention (transformer only)
     target_tokens: int = 1  # K read-out slots per loop: a loop target may be a word of up to K base tokens
-    conv_tail: Literal["every", "first"] = "every"  # mamba2, loop_span=answer: which loops' conv sees the prompt's end
 
     def __post_init__(self):
         for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
                             ("loop_pos", ("rope", "learned", "none")), ("loop_span", ("all", "answer")),
-                            ("core_pos", ("none", "rope")), ("conv_tail", ("every", "first"))):
+                            ("core_pos", ("none", "rope"))):
             if getattr(self, name) not in valid:
                 raise RLFError(f"model.{name}={getattr(self, name)!r}: use one of {', '.join(valid)}")
         if self.target_tokens < 1:
@@ -65,10 +64,6 @@ class RLFConfig:
         if self.core_pos != "none" and self.core != "transformer":
             raise RLFError(f"core_pos={self.core_pos} is for core=transformer (a {self.core} core's scan and "
                            f"convolution are positional already)")
-        if self.conv_tail != "every" and (self.core != "mamba2" or self.loop_span != "answer"):
-            raise RLFError(f"conv_tail={self.conv_tail} is for core=mamba2 with loop_span=answer (the convolution "
-                           f"window of the answer position); this model has core={self.core}, "
-                           f"loop_span={self.loop_span}")
         if self.loop_span == "answer":
             clash = [k for k in ("scratchpad", "loop_layers") if getattr(self, k)]
             if self.core not in ("mamba2", "transformer") or clash:
@@ -202,16 +197,13 @@ class RLFModel(nn.Module):
         return x, answer_pos
 
     def _loop(self, x_prompt, lengths, source, gate_scale: float = 1.0, rows=None):
-        """The loop's starting state, its step `step(state, i, position)` (loop i, seeing loop position `position`) and
-        the answer-position read-out `read(state)` (B, d).
+        """The loop's starting state, its step `step(state, i)` and the answer-position read-out `read(state)` (B, d).
 
         loop_span=all: the state is the whole sequence (B, T', d) and each step updates every position.
         loop_span=answer: the core reads the prompt once (the loop-0 input of every position before the answer) into
         a memory, the state is the answer position alone (B, d), and each step updates it against that memory: O(1)
         in the prompt length per loop instead of O(T). Loop 0 is the same either way; later loops differ, as the
-        prompt positions no longer change. With conv_tail=first (Mamba2) only loop 0's convolution window holds the
-        prompt's last tokens; from loop 1 on it holds zeros, so the window (and the key the loop's state looks up)
-        is the loop's own state, not the question's tokens again.
+        prompt positions no longer change.
 
         With `rows` (Q,) the loop runs queries: query j is row rows[j] of x_prompt cut to lengths[j] (Q,) (the chain
         warm-up); loop_span=answer reads each row into its memories once."""
@@ -220,18 +212,14 @@ class RLFModel(nn.Module):
         x, answer_pos = self._start(x_prompt, lengths)
         row_of = torch.arange(len(answer_pos), device=x.device) if rows is None else rows.to(x.device)
         if self.cfg.loop_span == "all":
-            step = lambda x, i, position: self.step(x, source, position, gate_scale)  # noqa: E731
-            return x, step, (lambda x: x[row_of, answer_pos])
+            return x, (lambda x, i: self.step(x, source, i, gate_scale)), (lambda x: x[row_of, answer_pos])
         queries = None if rows is None else row_of
         memory = self.core.remember(self.inject(x, source, 0, gate_scale), answer_pos, queries)
-        later = memory
-        if self.cfg.conv_tail == "first":
-            later = {**memory, "tail": torch.zeros_like(memory["tail"])}
         source_a = source[row_of, answer_pos]
 
-        def step(a, i: int, position: int):
-            a = self.inject(a, source_a, position, gate_scale)
-            return self.loop_norm(a + self.core.recall(memory if i == 0 else later, a))
+        def step(a, i: int):
+            a = self.inject(a, source_a, i, gate_scale)
+            return self.loop_norm(a + self.core.recall(memory, a))
 
         return x[row_of, answer_pos], step, (lambda a: a)
 
@@ -249,7 +237,7 @@ class RLFModel(nn.Module):
         state, step, read = self._loop(x_prompt, lengths, source, gate_scale, rows)
         states = []
         for i in range(n_loops):
-            state = step(state, i, i)
+            state = step(state, i)
             states.append(read(state))  # (B, d)
         h = torch.stack(states, 1)  # (B, L, d)
         logits = self.head(self.slots(h))  # (B, L, V + 1), or (B, L, K, V + 1)
@@ -285,7 +273,7 @@ class RLFModel(nn.Module):
             position = i + loop_offset if loop_clamp is None else min(i + loop_offset, loop_clamp)
             done = halted_at >= 0
             keep = done.view(B, *[1] * (state.dim() - 1))
-            state = torch.where(keep, state, step(state, i, position))  # a finished example keeps its state
+            state = torch.where(keep, state, step(state, position))  # a finished example keeps its state
             h = read(state)
             p = self.head(self.slots(h)).float().softmax(-1)  # (B, V + 1), or (B, K, V + 1)
             top_p, top = p.max(-1)  # (B,), or (B, K)

@@ -164,7 +164,7 @@ def build_model(cfg: TrainConfig, base: Base) -> RLFModel:
         loop_pos=cfg.loop_pos, max_loops=cfg.max_loops, train_head=cfg.train_head, scratchpad=cfg.scratchpad,
         bridge_rank=cfg.bridge_rank, core_dim=cfg.core_dim, chunk_size=cfg.chunk_size, loop_layers=cfg.loop_layers,
         lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, loop_span=cfg.loop_span,
-        core_pos=cfg.core_pos, target_tokens=cfg.target_tokens, conv_tail=cfg.conv_tail,
+        core_pos=cfg.core_pos, target_tokens=cfg.target_tokens,
     )
     have = len(base.upper_layers.layers) if base.upper_layers is not None else 0
     if cfg.loop_layers and have != cfg.loop_layers:
