@@ -38,16 +38,22 @@ def tally(logits: torch.Tensor, targets: torch.Tensor, halt_id: int, loops: int)
     return out
 
 
-def oracle_logits(model, x, lengths, examples, tokenizer, template: str, loops: int) -> torch.Tensor:
-    """Per-loop logits (B, loops, V + 1) with loop k >= 1 fed the encoder's state at the prompt's reference to the
-    trace's name k - 1 (the token ending 'N = name.')."""
+def oracle_refs(examples, tokenizer, template: str) -> list[list[int]]:
+    """Per example, the token index of the prompt's reference to each of its trace's names (the token ending
+    'N = name.'), in trace order."""
     refs = []
     for ex in examples:
         text = apply_template(template, ex.prompt)
         ends = torch.tensor([end for _, end in tokenizer(text, return_offsets_mapping=True)["offset_mapping"]])
         rhs = {m.group(2): m.end(2) for m in STATEMENT.finditer(text)}
         refs.append([int(torch.searchsorted(ends, torch.tensor(rhs[w]))) for w in ex.targets[:-1]])
-    rows = torch.arange(len(examples))
+    return refs
+
+
+def oracle_logits(model, x, lengths, refs: list[list[int]], loops: int) -> torch.Tensor:
+    """Per-loop logits (B, loops, V + 1) with loop k >= 1 fed the encoder's state at the prompt's reference to the
+    trace's name k - 1 (`oracle_refs`; past a trace's names, the state at token 0)."""
+    rows = torch.arange(len(refs))
     state, step, read = model._loop(x, lengths, model.lifeline_source(x, lengths, "intact", None))
     out = []
     for k in range(loops):
@@ -78,7 +84,7 @@ def main() -> None:
         ref_logits = torch.cat([model(x[:, : int(pos[i : i + 256].max()) + 1], pos[i : i + 256] + 1, targets.shape[1],
                                       rows=rows[i : i + 256]) for i in range(0, len(rows), 256)])
         task_logits = model(x, lengths, L)
-        oracle = oracle_logits(model, x, lengths, examples, tok, run.config.template, L)
+        oracle = oracle_logits(model, x, lengths, oracle_refs(examples, tok, run.config.template), L)
     results = {
         "references": tally(ref_logits, targets, model.halt_id, args.loops),
         "question name": tally(ref_logits[question], targets[question], model.halt_id, args.loops),

@@ -1,0 +1,94 @@
+"""Can a lookup be learnt from the answer position at all, when the key is given? Fine-tunes a copy of a run's model
+on its training chains with the chain depth probe's oracle input in training too: from loop 1 on, each loop's input
+is the encoder's state at the prompt's reference to the name it must look up (not its own output), and the loss is
+each chain step's target (the <HALT> loops are left out). Every `--probe-every` steps it prints, on the first N val
+chains, the per-loop accuracy of chain steps with that oracle input and with the loop's own output (the task).
+
+If the oracle row climbs to the 58-70% a name token's own query reaches (benchmarks/chain_depth_probe.py), what
+fails in the task is turning a loop's output into a key; if it stays low, the answer position's one recurrent step
+over the prompt memory cannot do the lookup, whatever its input.
+
+    python benchmarks/oracle_key_train.py RUN [--steps 600] [--train 3000] [--n 300] [--out FILE.json]
+
+Writes nothing to RUN. Not a test.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from chain_depth_probe import oracle_logits, oracle_refs, tally  # noqa: E402
+
+from rlf.model import IGNORE, loop_loss, loop_targets  # noqa: E402
+from rlf.tasks import read_jsonl  # noqa: E402
+from rlf.train import load_run, target_ids_of  # noqa: E402
+
+
+def chain_targets(tids: list[list[int]], halt_id: int) -> torch.Tensor:
+    """(B, L) targets of the chain steps alone: each trace's ids, IGNORE after them."""
+    t = loop_targets(tids, halt_id, max(map(len, tids)) + 1)[:, :-1]
+    return t.masked_fill(t == halt_id, IGNORE)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--train", type=int, default=3000, help="training chains used (the run's first N)")
+    ap.add_argument("--n", type=int, default=300, help="val chains probed")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--probe-every", type=int, default=200)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    run = load_run(args.run, device="cpu")
+    model, tok, template = run.model, run.base.tokenizer, run.config.template
+    sets = {}
+    for name, n in (("train", args.train), ("val", args.n)):
+        ex = read_jsonl(Path(args.run) / f"{name}.jsonl")[:n]
+        x, lengths = run.encode([e.prompt for e in ex])
+        tids = target_ids_of(ex, tok, name)
+        sets[name] = (x.float(), lengths, oracle_refs(ex, tok, template), chain_targets(tids, model.halt_id))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    g = torch.Generator().manual_seed(0)
+    log, t0 = [], time.perf_counter()
+
+    def probe(step: int) -> None:
+        x, lengths, refs, targets = sets["val"]
+        model.eval()
+        with torch.no_grad():
+            rows = {"oracle input": tally(oracle_logits(model, x, lengths, refs, targets.shape[1]), targets,
+                                          model.halt_id, 5),
+                    "own output": tally(model(x, lengths, targets.shape[1]), targets, model.halt_id, 5)}
+        model.train()
+        log.append({"step": step, "seconds": round(time.perf_counter() - t0, 1), **rows})
+        print(f"step {step} ({log[-1]['seconds']} s): " + "; ".join(
+            f"{k}: " + " ".join(f"{h}/{n}" for h, n in v) for k, v in rows.items()), flush=True)
+
+    probe(0)
+    x_all, len_all, refs_all, t_all = sets["train"]
+    for step in range(1, args.steps + 1):
+        idx = torch.randint(0, len(refs_all), (args.batch,), generator=g)
+        T = int(len_all[idx].max())
+        loss, stats = loop_loss(oracle_logits(model, x_all[idx, :T], len_all[idx], [refs_all[i] for i in idx],
+                                              t_all.shape[1]), t_all[idx])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 50 == 0:
+            print(f"  step {step} loss {loss.item():.3f} loop hits {stats['loop_hits'][:5]}", flush=True)
+        if step % args.probe_every == 0:
+            probe(step)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"command": " ".join(sys.argv), "probes": log}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
