@@ -8,7 +8,11 @@ If the oracle row climbs to the 58-70% a name token's own query reaches (benchma
 fails in the task is turning a loop's output into a key; if it stays low, the answer position's one recurrent step
 over the prompt memory cannot do the lookup, whatever its input.
 
-    python benchmarks/oracle_key_train.py RUN [--steps 600] [--train 3000] [--n 300] [--out FILE.json]
+With --key-map a d x d map (zero at the start) also learns, by regression, to turn a loop's state into the oracle
+input of the next loop, and the probe adds the task with each loop from the second fed the map of its own previous
+state: the oracle's key, made from the loop's own output.
+
+    python benchmarks/oracle_key_train.py RUN [--steps 600] [--train 3000] [--n 300] [--key-map] [--out FILE.json]
 
 Writes nothing to RUN. Not a test.
 """
@@ -35,6 +39,25 @@ def chain_targets(tids: list[list[int]], halt_id: int) -> torch.Tensor:
     return t.masked_fill(t == halt_id, IGNORE)
 
 
+def mapped_logits(model, key_map, x, lengths, refs, loops: int):
+    """Per-loop logits (B, loops, V + 1) with loop k >= 1 fed key_map(its previous state), and the regression loss
+    of key_map(state after loop k - 1) to the oracle input of loop k (the encoder's state at the reference), relative
+    to that target's mean square."""
+    rows = torch.arange(len(refs))
+    state, step, read = model._loop(x, lengths, model.lifeline_source(x, lengths, "intact", None))
+    out, errs = [], []
+    for k in range(loops):
+        if k >= 1:
+            want = x[rows, torch.tensor([r[k - 1] if k - 1 < len(r) else 0 for r in refs])]
+            has = torch.tensor([k - 1 < len(r) for r in refs])
+            mapped = key_map(read(state))
+            errs.append((mapped - want)[has].pow(2).mean() / want[has].pow(2).mean())
+            state = mapped
+        state = step(state, k)
+        out.append(model.head(read(state)))
+    return torch.stack(out, 1), torch.stack(errs).mean()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
@@ -45,6 +68,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--probe-every", type=int, default=200)
     ap.add_argument("--out")
+    ap.add_argument("--key-map", action="store_true", help="also train a d x d map from a loop's state to the oracle "
+                    "input (regression), and probe the task with each loop fed the map of its own previous state")
     args = ap.parse_args()
     run = load_run(args.run, device="cpu")
     model, tok, template = run.model, run.base.tokenizer, run.config.template
@@ -54,7 +79,11 @@ def main() -> None:
         x, lengths = run.encode([e.prompt for e in ex])
         tids = target_ids_of(ex, tok, name)
         sets[name] = (x.float(), lengths, oracle_refs(ex, tok, template), chain_targets(tids, model.halt_id))
-    params = [p for p in model.parameters() if p.requires_grad]
+    d = sets["val"][0].shape[-1]
+    key_map = torch.nn.Linear(d, d)
+    torch.nn.init.zeros_(key_map.weight)
+    torch.nn.init.zeros_(key_map.bias)
+    params = [p for p in model.parameters() if p.requires_grad] + (list(key_map.parameters()) if args.key_map else [])
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     g = torch.Generator().manual_seed(0)
     log, t0 = [], time.perf_counter()
@@ -66,6 +95,9 @@ def main() -> None:
             rows = {"oracle input": tally(oracle_logits(model, x, lengths, refs, targets.shape[1]), targets,
                                           model.halt_id, 5),
                     "own output": tally(model(x, lengths, targets.shape[1]), targets, model.halt_id, 5)}
+            if args.key_map:
+                rows["mapped own output"] = tally(mapped_logits(model, key_map, x, lengths, refs, targets.shape[1])[0],
+                                                  targets, model.halt_id, 5)
         model.train()
         log.append({"step": step, "seconds": round(time.perf_counter() - t0, 1), **rows})
         print(f"step {step} ({log[-1]['seconds']} s): " + "; ".join(
@@ -76,8 +108,11 @@ def main() -> None:
     for step in range(1, args.steps + 1):
         idx = torch.randint(0, len(refs_all), (args.batch,), generator=g)
         T = int(len_all[idx].max())
-        loss, stats = loop_loss(oracle_logits(model, x_all[idx, :T], len_all[idx], [refs_all[i] for i in idx],
-                                              t_all.shape[1]), t_all[idx])
+        refs = [refs_all[i] for i in idx]
+        loss, stats = loop_loss(oracle_logits(model, x_all[idx, :T], len_all[idx], refs, t_all.shape[1]), t_all[idx])
+        if args.key_map:  # the map learns from the model's own states; the task loss keeps the oracle input
+            _, err = mapped_logits(model, key_map, x_all[idx, :T], len_all[idx], refs, t_all.shape[1])
+            loss = loss + err
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
