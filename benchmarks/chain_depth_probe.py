@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from rlf.cache import apply_template
-from rlf.model import loop_targets
+from rlf.model import IGNORE, loop_targets
 from rlf.tasks import read_jsonl
 from rlf.tasks.chain import _STATEMENT as STATEMENT
 from rlf.train import chain_batch, load_run, reference_chains, target_ids_of
@@ -50,18 +50,45 @@ def oracle_refs(examples, tokenizer, template: str) -> list[list[int]]:
     return refs
 
 
-def oracle_logits(model, x, lengths, refs: list[list[int]], loops: int) -> torch.Tensor:
-    """Per-loop logits (B, loops, V + 1) with loop k >= 1 fed the encoder's state at the prompt's reference to the
-    trace's name k - 1 (`oracle_refs`; past a trace's names, the state at token 0)."""
-    rows = torch.arange(len(refs))
+def oracle_input(x: torch.Tensor, refs: list[list[int]], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loop k's oracle input (B, d): the encoder's state at the prompt's reference to the trace's name k - 1
+    (`oracle_refs`; past a trace's names, the state at token 0), and which rows have such a name (B,)."""
+    has = torch.tensor([k - 1 < len(r) for r in refs])
+    pos = torch.tensor([r[k - 1] if k - 1 < len(r) else 0 for r in refs])
+    return x[torch.arange(len(refs)), pos], has
+
+
+def fed_logits(model, x, lengths, loops: int, feed) -> torch.Tensor:
+    """Per-loop logits (B, loops, V + 1) of a loop_span=answer model whose loop k >= 1 takes feed(k, state after
+    loop k - 1) as its input in place of that state."""
     state, step, read = model._loop(x, lengths, model.lifeline_source(x, lengths, "intact", None))
     out = []
     for k in range(loops):
         if k >= 1:
-            state = x[rows, torch.tensor([r[k - 1] if k - 1 < len(r) else 0 for r in refs])]
+            state = feed(k, state)
         state = step(state, k)
         out.append(model.head(read(state)))
     return torch.stack(out, 1)
+
+
+def oracle_logits(model, x, lengths, refs: list[list[int]], loops: int) -> torch.Tensor:
+    """Per-loop logits (B, loops, V + 1) with loop k >= 1 fed its `oracle_input`."""
+    return fed_logits(model, x, lengths, loops, lambda k, state: oracle_input(x, refs, k)[0])
+
+
+def chain_targets(tids: list[list[int]], halt_id: int) -> torch.Tensor:
+    """(B, L) targets of the chain steps alone: each trace's ids, IGNORE after them (no <HALT> loop)."""
+    t = loop_targets(tids, halt_id, max(map(len, tids)) + 1)[:, :-1]
+    return t.masked_fill(t == halt_id, IGNORE)
+
+
+def load_answer_span_run(path: str):
+    """The run, refused unless its loop updates the answer position alone (the state an oracle input replaces)."""
+    run = load_run(path, device="cpu")
+    if run.model.cfg.loop_span != "answer":
+        raise SystemExit(f"{path}: loop_span={run.model.cfg.loop_span}; these probes feed the answer position's "
+                         "state, so they need a loop_span=answer run")
+    return run
 
 
 def main() -> None:
@@ -70,7 +97,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--loops", type=int, default=5)
     args = ap.parse_args()
-    run = load_run(args.run, device="cpu")
+    run = load_answer_span_run(args.run)
     model, tok = run.model, run.base.tokenizer
     examples = read_jsonl(Path(args.run) / "val.jsonl")[: args.n]
     found = reference_chains(examples, tok, run.config.template, "probe", "chains")
@@ -78,8 +105,8 @@ def main() -> None:
     x, lengths = run.encode([ex.prompt for ex in examples])
     question = torch.tensor([len(p) for p, _, _ in found]).cumsum(0) - 1  # each prompt's last query
     tids = target_ids_of(examples, tok, "val")
-    L = max(map(len, tids))
-    task_targets = loop_targets(tids, model.halt_id, L + 1)[:, :L]  # tally skips the <HALT> loops
+    task_targets = chain_targets(tids, model.halt_id)
+    L = task_targets.shape[1]
     with torch.no_grad():
         ref_logits = torch.cat([model(x[:, : int(pos[i : i + 256].max()) + 1], pos[i : i + 256] + 1, targets.shape[1],
                                       rows=rows[i : i + 256]) for i in range(0, len(rows), 256)])

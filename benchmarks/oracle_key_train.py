@@ -26,36 +26,26 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from chain_depth_probe import oracle_logits, oracle_refs, tally  # noqa: E402
+from chain_depth_probe import (chain_targets, fed_logits, load_answer_span_run, oracle_input,  # noqa: E402
+                               oracle_logits, oracle_refs, tally)
 
-from rlf.model import IGNORE, loop_loss, loop_targets  # noqa: E402
+from rlf.model import loop_loss  # noqa: E402
 from rlf.tasks import read_jsonl  # noqa: E402
-from rlf.train import load_run, target_ids_of  # noqa: E402
+from rlf.train import target_ids_of  # noqa: E402
 
 
-def chain_targets(tids: list[list[int]], halt_id: int) -> torch.Tensor:
-    """(B, L) targets of the chain steps alone: each trace's ids, IGNORE after them."""
-    t = loop_targets(tids, halt_id, max(map(len, tids)) + 1)[:, :-1]
-    return t.masked_fill(t == halt_id, IGNORE)
+def mapped_logits(model, key_map, x, lengths, refs, loops: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-loop logits (B, loops, V + 1) with loop k >= 1 fed key_map(its previous state), and the mean regression
+    loss of those inputs to the loops' oracle inputs, each relative to its target's mean square."""
+    errs = []
 
+    def feed(k, state):
+        want, has = oracle_input(x, refs, k)
+        mapped = key_map(state)
+        errs.append((mapped - want)[has].pow(2).mean() / want[has].pow(2).mean())
+        return mapped
 
-def mapped_logits(model, key_map, x, lengths, refs, loops: int):
-    """Per-loop logits (B, loops, V + 1) with loop k >= 1 fed key_map(its previous state), and the regression loss
-    of key_map(state after loop k - 1) to the oracle input of loop k (the encoder's state at the reference), relative
-    to that target's mean square."""
-    rows = torch.arange(len(refs))
-    state, step, read = model._loop(x, lengths, model.lifeline_source(x, lengths, "intact", None))
-    out, errs = [], []
-    for k in range(loops):
-        if k >= 1:
-            want = x[rows, torch.tensor([r[k - 1] if k - 1 < len(r) else 0 for r in refs])]
-            has = torch.tensor([k - 1 < len(r) for r in refs])
-            mapped = key_map(read(state))
-            errs.append((mapped - want)[has].pow(2).mean() / want[has].pow(2).mean())
-            state = mapped
-        state = step(state, k)
-        out.append(model.head(read(state)))
-    return torch.stack(out, 1), torch.stack(errs).mean()
+    return fed_logits(model, x, lengths, loops, feed), torch.stack(errs).mean()
 
 
 def main() -> None:
@@ -71,7 +61,7 @@ def main() -> None:
     ap.add_argument("--key-map", action="store_true", help="also train a d x d map from a loop's state to the oracle "
                     "input (regression), and probe the task with each loop fed the map of its own previous state")
     args = ap.parse_args()
-    run = load_run(args.run, device="cpu")
+    run = load_answer_span_run(args.run)
     model, tok, template = run.model, run.base.tokenizer, run.config.template
     sets = {}
     for name, n in (("train", args.train), ("val", args.n)):
@@ -79,11 +69,13 @@ def main() -> None:
         x, lengths = run.encode([e.prompt for e in ex])
         tids = target_ids_of(ex, tok, name)
         sets[name] = (x.float(), lengths, oracle_refs(ex, tok, template), chain_targets(tids, model.halt_id))
-    d = sets["val"][0].shape[-1]
-    key_map = torch.nn.Linear(d, d)
-    torch.nn.init.zeros_(key_map.weight)
-    torch.nn.init.zeros_(key_map.bias)
-    params = [p for p in model.parameters() if p.requires_grad] + (list(key_map.parameters()) if args.key_map else [])
+    params = [p for p in model.parameters() if p.requires_grad]
+    if args.key_map:
+        d = sets["val"][0].shape[-1]
+        key_map = torch.nn.Linear(d, d)
+        torch.nn.init.zeros_(key_map.weight)
+        torch.nn.init.zeros_(key_map.bias)
+        params += list(key_map.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     g = torch.Generator().manual_seed(0)
     log, t0 = [], time.perf_counter()
@@ -109,7 +101,7 @@ def main() -> None:
         idx = torch.randint(0, len(refs_all), (args.batch,), generator=g)
         T = int(len_all[idx].max())
         refs = [refs_all[i] for i in idx]
-        loss, stats = loop_loss(oracle_logits(model, x_all[idx, :T], len_all[idx], refs, t_all.shape[1]), t_all[idx])
+        loss, _ = loop_loss(oracle_logits(model, x_all[idx, :T], len_all[idx], refs, t_all.shape[1]), t_all[idx])
         if args.key_map:  # the map learns from the model's own states; the task loss keeps the oracle input
             _, err = mapped_logits(model, key_map, x_all[idx, :T], len_all[idx], refs, t_all.shape[1])
             loss = loss + err
@@ -118,7 +110,7 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % 50 == 0:
-            print(f"  step {step} loss {loss.item():.3f} loop hits {stats['loop_hits'][:5]}", flush=True)
+            print(f"  step {step} loss {loss.item():.3f}", flush=True)
         if step % args.probe_every == 0:
             probe(step)
     if args.out:
