@@ -338,3 +338,71 @@ def test_transformer_core_attention_is_torchs_layer_and_rope_makes_it_see_order(
 def test_core_pos_is_for_the_transformer_core():
     with pytest.raises(RLFError, match="core_pos=rope is for core=transformer"):
         RLFConfig(d_model=D, vocab_size=V, core="mamba2", core_pos="rope")
+
+
+def pointer_setup(seed=1):
+    """A perturbed feedback=pointer model and prompts whose ids repeat words (ids < 20, -1 past each end)."""
+    model = make(loop_span="answer", feedback="pointer")
+    perturb(model)
+    x, lengths = prompts(seed)
+    ids = torch.randint(0, 20, (4, 12), generator=torch.Generator().manual_seed(seed))
+    ids[torch.arange(12)[None, :] >= lengths[:, None]] = -1
+    return model, x, lengths, ids
+
+
+def test_pointer_key_averages_the_states_holding_the_word():
+    model, x, lengths, ids = pointer_setup()
+    word = ids[:, 0].clone()
+    key = model.pointer_key(x, ids, lengths, word)
+    for b in range(4):
+        held = (ids[b] == word[b]).nonzero().squeeze(1)
+        torch.testing.assert_close(key[b], x[b, held].mean(0))
+    assert (model.pointer_key(x, ids, lengths, torch.full((4,), 25)) == 0).all()  # a word the prompt lacks: 0
+    soft = torch.zeros(4, V)
+    soft[:, 3], soft[:, 7] = 0.25, 0.75  # a distribution weighs each position by its token's probability
+    w = (ids == 3) * 0.25 + (ids == 7) * 0.75
+    want = (w[..., None] * x).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-9)
+    torch.testing.assert_close(model.pointer_key(x, ids, lengths, soft), want)
+
+
+def test_pointer_feedback_feeds_each_loop_its_words_key():
+    """Teacher forcing feeds loop k the key of teacher[:, k - 1]; without it, the key of loop k - 1's own softmax;
+    solve does the same as forward until each example halts."""
+    model, x, lengths, ids = pointer_setup()
+    teacher = torch.randint(0, 20, (4, 3), generator=torch.Generator().manual_seed(4))
+    state, step, _ = model._loop(x, lengths, x)
+    want = []
+    for k in range(3):
+        state = step(state if k == 0 else model.pointer_key(x, ids, lengths, teacher[:, k - 1]), k)
+        want.append(model.head(state))
+    got = model(x, lengths, 3, prompt_ids=ids, teacher=teacher)
+    torch.testing.assert_close(got, torch.stack(want, 1))
+    own = model(x, lengths, 3, prompt_ids=ids)
+    assert not torch.allclose(own[:, 1:], got[:, 1:])  # its own words are not the teacher's
+    state = step(model._loop(x, lengths, x)[0], 0)
+    fed = model.pointer_key(x, ids, lengths, model.head(state)[:, :V].softmax(-1))
+    torch.testing.assert_close(own[:, 1], model.head(step(fed, 1)))
+    out = model.solve(x, lengths, 3, min_loops=3, prompt_ids=ids)
+    for b in range(4):
+        h = int(out["halted_at"][b])
+        end = 3 if h < 0 else h + 1
+        assert torch.equal(out["tokens"][b, :end], own[b, :end].argmax(-1))
+
+
+def test_pointer_feedback_queries_loop_like_the_rows_they_cut():
+    model, x, _, ids = pointer_setup()
+    rows, lengths = torch.tensor([0, 0, 1, 3, 2]), torch.tensor([4, 12, 9, 1, 5])
+    ids[:, :] = torch.randint(0, 20, ids.shape, generator=torch.Generator().manual_seed(2))
+    cut = ids[rows].masked_fill(torch.arange(12)[None, :] >= lengths[:, None], -1)
+    torch.testing.assert_close(model(x, lengths, 3, rows=rows, prompt_ids=ids),
+                               model(x[rows], lengths, 3, prompt_ids=cut), atol=1e-5, rtol=1e-5)
+
+
+def test_pointer_feedback_refusals():
+    with pytest.raises(RLFError, match="feedback=pointer .* loop_span=answer"):
+        RLFConfig(d_model=D, vocab_size=V, feedback="pointer")
+    with pytest.raises(RLFError, match="target_tokens=1"):
+        RLFConfig(d_model=D, vocab_size=V, feedback="pointer", loop_span="answer", target_tokens=2)
+    model, x, lengths, _ = pointer_setup()
+    with pytest.raises(RLFError, match="prompt_ids"):
+        model(x, lengths, 2)

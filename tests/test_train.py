@@ -7,7 +7,9 @@ from safetensors.torch import load_file
 from rlf.base import load_base
 from rlf.config import load_config
 from rlf.errors import RLFError
-from rlf.train import batch_order, load_run, train, train_or_reuse
+from rlf.evaluate import evaluate, evaluate_split
+from rlf.tasks import read_jsonl
+from rlf.train import batch_order, load_run, prepare_split, train, train_or_reuse
 
 
 def tiny_cfg(tmp_path, *overrides):
@@ -68,6 +70,27 @@ def test_loop_span_answer_trains_and_reloads(tmp_path, tiny_llama):
     run = load_run(tmp_path / "run", base=tiny_llama)
     assert run.model.cfg.loop_span == "answer"
     assert run.solve(["K = moon. P = K. What is P?"], max_loops=4)[0]
+
+
+def test_pointer_feedback_trains_through_chains_and_task_and_evaluates(tmp_path, tiny_llama):
+    """feedback=pointer trains through the chain warm-up and the task (teacher-forced), reloads, solves, and
+    `rlf eval` scores it on its own words' keys; validation's trace accuracy is the evaluation's."""
+    cfg = tiny_cfg(tmp_path, "loop_span=answer", "feedback=pointer", "lifeline=none", "loop_pos=none",
+                   "order=backward", "distractors=1", "n_train=256", "n_val=32", "max_steps=40", "val_every=40",
+                   "ckpt_every=40", "phases=[{name: chains, steps: 20, overrides: {supervision: chains}}, {name: main}]")
+    summary = train(cfg, tmp_path / "run", progress=False, base=tiny_llama)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r and r.get("phase") == "main"]
+    assert losses[-1] < losses[0], losses
+    run = load_run(tmp_path / "run", base=tiny_llama)
+    assert run.model.cfg.feedback == "pointer"
+    assert run.solve(["K = moon. P = K. What is P?"], max_loops=4)[0]
+    result = evaluate(tmp_path / "run", run=run, hops="1-3", n=8, ablations="", progress=False, write=False)
+    assert result["splits"]["in-distribution"]["n"] == 24
+    val = prepare_split(read_jsonl(tmp_path / "run" / "val.jsonl"), tiny_llama, run.config, "val", False)
+    assert val.prompt_ids is not None
+    scored = evaluate_split(run.model, val, {})["intact"]["overall"]["trace_acc"]
+    assert scored["k"] == round(summary["val_trace_acc"] * 32), (scored, summary)
 
 
 def test_train_or_reuse_reads_a_config_saved_before_a_key_existed(tmp_path, monkeypatch):

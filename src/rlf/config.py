@@ -52,6 +52,7 @@ class TrainConfig:
     loop_span: Literal["all", "answer"] = "all"  # each loop updates every position, or the answer one (mamba2, transformer)
     core_pos: Literal["none", "rope"] = "none"  # transformer core: rotary positions over the prompt tokens
     target_tokens: int = 1  # K: a loop target may be a word of up to K base tokens, read from K slots (1 = one token)
+    feedback: Literal["state", "pointer"] = "state"  # loop k >= 1 starts from the last state, or its word's prompt key
     chunk_size: int = 64
     loop_layers: int = 0  # the seeds' full recipe: this many base layers above encoder_layers run inside the loop
     lora_rank: int = 8  # ... adapted with LoRA of this rank and alpha (only the adapters train)

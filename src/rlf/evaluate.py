@@ -217,7 +217,8 @@ def run_solve(model: RLFModel, split: Split, *, max_loops: int | None = None, ba
         need = loops_needed(tids)
         limit = max_loops or 2 * need
         gen = torch.Generator().manual_seed(seed * 100_003 + b)
-        out = model.solve(x.to(device), lengths, limit, min_loops=min(need, limit), generator=gen, **(ablation or {}))
+        out = model.solve(x.to(device), lengths, limit, min_loops=min(need, limit), generator=gen,
+                          **split.model_inputs(idx), **(ablation or {}))
         words = out.get("words", out["tokens"])  # (B, L), or (B, L, K) with K slots
         solved.append((idx, words.cpu().numpy(), out["p_halt"].float().cpu().numpy()))
     toks, phs = [None] * n, [None] * n

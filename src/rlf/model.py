@@ -52,11 +52,12 @@ class RLFConfig:
     loop_span: Literal["all", "answer"] = "all"  # what each loop updates; see RLFModel._loop
     core_pos: Literal["none", "rope"] = "none"  # token positions inside the core: rotary attention (transformer only)
     target_tokens: int = 1  # K read-out slots per loop: a loop target may be a word of up to K base tokens
+    feedback: Literal["state", "pointer"] = "state"  # what loop k >= 1 starts from; see RLFModel.pointer_key
 
     def __post_init__(self):
         for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
                             ("loop_pos", ("rope", "learned", "none")), ("loop_span", ("all", "answer")),
-                            ("core_pos", ("none", "rope"))):
+                            ("core_pos", ("none", "rope")), ("feedback", ("state", "pointer"))):
             if getattr(self, name) not in valid:
                 raise RLFError(f"model.{name}={getattr(self, name)!r}: use one of {', '.join(valid)}")
         if self.target_tokens < 1:
@@ -64,6 +65,10 @@ class RLFConfig:
         if self.core_pos != "none" and self.core != "transformer":
             raise RLFError(f"core_pos={self.core_pos} is for core=transformer (a {self.core} core's scan and "
                            f"convolution are positional already)")
+        if self.feedback == "pointer" and (self.loop_span != "answer" or self.target_tokens != 1):
+            raise RLFError(f"feedback=pointer replaces the answer state with one word's key: it needs loop_span=answer "
+                           f"and target_tokens=1 (this model has loop_span={self.loop_span}, "
+                           f"target_tokens={self.target_tokens})")
         if self.loop_span == "answer":
             clash = [k for k in ("scratchpad", "loop_layers") if getattr(self, k)]
             if self.core not in ("mamba2", "transformer") or clash:
@@ -141,6 +146,24 @@ class RLFModel(nn.Module):
         # two products, not one over cat([lm_head, halt_row]): the cat copies the vocabulary matrix every call and,
         # as it requires grad, autograd would form the full (V, d) weight gradient only to keep its last row
         return torch.cat([F.linear(h, self.lm_head), F.linear(h, self.halt_row)], -1)  # (..., V + 1)
+
+    def pointer_key(self, x_prompt: torch.Tensor, prompt_ids: torch.Tensor, lengths: torch.Tensor,
+                    word: torch.Tensor) -> torch.Tensor:
+        """feedback=pointer: loop k >= 1 starts not from loop k - 1's answer state but from the key of the word that
+        loop named: the encoder's states of the prompt positions holding that word, averaged (B, d).
+
+        `word` is a distribution over the base vocabulary (B, V) (the loop's softmax at inference; teacher forcing
+        in training gives the right word's one-hot) or ids (B,) (IGNORE: no word); each prompt position t < lengths
+        weighs word[prompt_ids[t]]. A word the prompt does not hold (the value word's successor, <HALT>) gives 0."""
+        T = x_prompt.shape[1]
+        ids = prompt_ids[:, :T].to(x_prompt.device)
+        valid = (ids >= 0) & (torch.arange(T, device=ids.device)[None, :] < lengths[:, None].to(ids.device))
+        if word.dim() == 1:
+            w = (ids == word[:, None].to(ids.device)) & valid
+        else:
+            w = word.gather(1, ids.clamp_min(0)) * valid
+        w = w.to(x_prompt.dtype)
+        return torch.einsum("bt,btd->bd", w / w.sum(1, keepdim=True).clamp_min(1e-9), x_prompt)
 
     def slots(self, h: torch.Tensor) -> torch.Tensor:
         """The K read-out states (..., K, d) of answer states h (..., d): slot 0 is h, slot k is h + slot_maps[k-1] h;
@@ -226,28 +249,54 @@ class RLFModel(nn.Module):
     def forward(
         self, x_prompt: torch.Tensor, lengths: torch.Tensor, n_loops: int, *, gate_scale: float = 1.0,
         prompt_mode: str = "intact", generator: torch.Generator | None = None, return_states: bool = False,
-        rows: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None, prompt_ids: torch.Tensor | None = None, teacher: torch.Tensor | None = None,
     ):
         """Per-loop logits at the answer position, (B, n_loops, V + 1), or (B, n_loops, K, V + 1) with K > 1 slots;
         with return_states also the answer states (B, n_loops, d). With `rows` (Q,), of Q queries: query j is
-        prompt rows[j] cut to lengths[j] (Q,)."""
+        prompt rows[j] cut to lengths[j] (Q,).
+
+        feedback=pointer needs the prompts' token ids `prompt_ids` (B, T), -1 past a prompt's end; with `teacher`
+        (B or Q, n_loops) target ids, loop k >= 1 is fed the key of teacher[:, k - 1] (teacher forcing), else the key
+        of loop k - 1's own softmax."""
         if rows is not None and prompt_mode != "intact":
             raise RLFError(f"prompt_mode={prompt_mode} perturbs whole prompts, not queries (rows)")
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
         state, step, read = self._loop(x_prompt, lengths, source, gate_scale, rows)
-        states = []
+        feed = self._feed(x_prompt, lengths, prompt_ids, rows)
+        states, logits = [], []
         for i in range(n_loops):
+            if i and feed is not None:
+                state = feed(teacher[:, i - 1] if teacher is not None else logits[-1])
             state = step(state, i)
             states.append(read(state))  # (B, d)
+            if feed is not None and teacher is None:
+                logits.append(self.head(states[-1]))
         h = torch.stack(states, 1)  # (B, L, d)
-        logits = self.head(self.slots(h))  # (B, L, V + 1), or (B, L, K, V + 1)
+        logits = torch.stack(logits, 1) if logits else self.head(self.slots(h))  # (B, L, V + 1), or (B, L, K, V + 1)
         return (logits, h) if return_states else logits
+
+    def _feed(self, x_prompt, lengths, prompt_ids, rows=None):
+        """feedback=pointer: `feed(word)` gives the next loop's input from a word (ids (B,), or logits (B, V + 1)
+        whose softmax over the base vocabulary weighs the words); None for feedback=state."""
+        if self.cfg.feedback != "pointer":
+            return None
+        if prompt_ids is None:
+            raise RLFError("feedback=pointer reads the prompt's token ids: pass prompt_ids (B, T)")
+        if rows is not None:
+            x_prompt, prompt_ids = x_prompt[rows], prompt_ids[rows.to(prompt_ids.device)]
+        V = self.cfg.vocab_size
+
+        def feed(word):
+            word = word if word.dim() == 1 else word[..., :V].float().softmax(-1)
+            return self.pointer_key(x_prompt, prompt_ids, lengths, word)
+        return feed
 
     @torch.no_grad()
     def solve(
         self, x_prompt: torch.Tensor, lengths: torch.Tensor, max_loops: int | None = None, *, gate_scale: float = 1.0,
         prompt_mode: str = "intact", generator: torch.Generator | None = None, min_loops: int = 0,
         return_states: bool = False, loop_offset: int = 0, loop_clamp: int | None = None,
+        prompt_ids: torch.Tensor | None = None,
     ) -> dict:
         """Loop until every example has emitted <HALT> (or max_loops, default SOLVE_LOOPS); finished examples stop
         changing.
@@ -265,6 +314,7 @@ class RLFModel(nn.Module):
         max_loops = max_loops or SOLVE_LOOPS
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
         state, step, read = self._loop(x_prompt, lengths, source, gate_scale)
+        feed = self._feed(x_prompt, lengths, prompt_ids)
         B = x_prompt.shape[0]
         halted_at = torch.full((B,), -1, dtype=torch.long, device=state.device)
         tokens, probs, halt_ps, states, words, p_words = [], [], [], [], [], []
@@ -273,9 +323,11 @@ class RLFModel(nn.Module):
             position = i + loop_offset if loop_clamp is None else min(i + loop_offset, loop_clamp)
             done = halted_at >= 0
             keep = done.view(B, *[1] * (state.dim() - 1))
-            state = torch.where(keep, state, step(state, position))  # a finished example keeps its state
+            fed = feed(z) if i and feed is not None else state  # feedback=pointer: the key of the last loop's word
+            state = torch.where(keep, state, step(fed, position))  # a finished example keeps its state
             h = read(state)
-            p = self.head(self.slots(h)).float().softmax(-1)  # (B, V + 1), or (B, K, V + 1)
+            z = self.head(self.slots(h)).float()
+            p = z.softmax(-1)  # (B, V + 1), or (B, K, V + 1)
             top_p, top = p.max(-1)  # (B,), or (B, K)
             if K > 1:  # the loop's word; its probability is the product over the slots it uses, end marker included
                 word = word_of(top, self.halt_id)
@@ -338,11 +390,14 @@ def position_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor
 
 
 def chain_loss(model: RLFModel, x_prompt: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor,
-               targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
+               targets: torch.Tensor, prompt_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The chain warm-up (supervision=chains): query j is prompt rows[j] cut just after position pos[j] (a causal
-    encoder's states of a prefix are the prompt's), looped as the task is, its loops supervised by targets (Q, L)."""
+    encoder's states of a prefix are the prompt's), looped as the task is, its loops supervised by targets (Q, L);
+    feedback=pointer takes the prompts' ids and is teacher-forced with those targets."""
     x = x_prompt[:, : int(pos.max()) + 1]
-    return loop_loss(model(x, pos.to(x.device) + 1, targets.shape[1], rows=rows.to(x.device)), targets)
+    teacher = None if prompt_ids is None else targets
+    return loop_loss(model(x, pos.to(x.device) + 1, targets.shape[1], rows=rows.to(x.device), prompt_ids=prompt_ids,
+                           teacher=teacher), targets)
 
 
 def loops_needed(target_ids: list[list[int]], supervision: str = "per_loop", extra: int = 0) -> int:

@@ -59,7 +59,7 @@ def target_loop_states(model: RLFModel, split: Split, batch_size: int = 64) -> t
         idx = list(range(i, min(i + batch_size, len(split.examples))))
         x, lengths, tids = split.batch(idx)
         n_loops = loops_needed(tids)
-        _, h = model(x.to(device), lengths, n_loops, return_states=True)  # (B, L, d)
+        _, h = model(x.to(device), lengths, n_loops, return_states=True, **split.model_inputs(idx))  # (B, L, d)
         for row, t in enumerate(tids):
             states.append(h[row, : len(t) + 1].float().cpu().numpy())
             loops.append(np.arange(1, len(t) + 2))
@@ -182,7 +182,8 @@ def trajectory(model: RLFModel, split: Split, tokenizer, out: Path, index: int =
     device = next(model.parameters()).device
     paths, tokens = {}, {}
     for name, scale in (("intact", 1.0), ("severed", 0.0)):
-        logits, h = model(x.to(device), lengths, n_loops, gate_scale=scale, return_states=True)
+        logits, h = model(x.to(device), lengths, n_loops, gate_scale=scale, return_states=True,
+                          **split.model_inputs([index]))
         paths[name] = h[0].float().cpu().numpy()
         top = logits[0].argmax(-1)  # (L,), or (L, K) with K slots: then slot 0, a word's first token or <HALT>
         tokens[name] = (top if top.dim() == 1 else top[:, 0]).cpu().tolist()
@@ -229,7 +230,7 @@ def run_probes(run: LoadedRun, run_dir: str | Path, out: str | Path | None = Non
     results = {"out": str(out), "fsm": probe_fsm(model, split, out)}
     results["gate_partition"] = gate_partition(model, out, gate_threshold)
     m = min(ablation_n or n, len(examples))
-    first_m = Split(examples[:m], split.encoded, split.target_ids[:m])  # encodings are indexed by position
+    first_m = Split(examples[:m], split.encoded, split.target_ids[:m], split.prompt_ids and split.prompt_ids[:m])  # encodings are indexed by position
     results["gate_ablation"] = gate_ablation(model, first_m, results["gate_partition"], out, random_sets, seed)
     results["trajectory"] = trajectory(model, split, run.base.tokenizer, out, index=longest)
     return results

@@ -48,10 +48,23 @@ class Split:
     examples: list[Example]
     encoded: EncodedSet
     target_ids: list[list[int]]  # per example, per loop: the target id; with target_tokens > 1 a tuple of ids
+    prompt_ids: list[list[int]] | None = None  # feedback=pointer: each prompt's token ids, as encoded
 
     def batch(self, idx, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
         x, lengths = self.encoded.batch(idx, width)
         return x, lengths, [self.target_ids[i] for i in idx]
+
+    def model_inputs(self, idx, width: int | None = None) -> dict:
+        """What the model takes beside a batch's encodings: {} or, for feedback=pointer, its prompt_ids (B, T)."""
+        return {} if self.prompt_ids is None else {"prompt_ids": pad_ids([self.prompt_ids[i] for i in idx], width)}
+
+
+def pad_ids(rows: list[list[int]], width: int | None = None) -> torch.Tensor:
+    """Token ids (B, T), -1 past each row's end; T is `width`, or the longest row's length."""
+    out = torch.full((len(rows), width or max(map(len, rows))), -1, dtype=torch.long)
+    for r, ids in enumerate(rows):
+        out[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
 
 
 def target_ids_of(examples: list[Example], tokenizer, source: str, max_tokens: int = 1) -> list[list]:
@@ -148,7 +161,14 @@ def prepare_split(examples: list[Example], base: Base, cfg: TrainConfig, name: s
         raise RLFError(f"{name}: no examples")
     encoded = encode_cached(base, [ex.prompt for ex in examples], cfg.cache_dir, cfg.template, cfg.storage,
                             progress=progress)
-    return Split(examples, encoded, target_ids_of(examples, base.tokenizer, name, cfg.target_tokens))
+    prompt_ids = None
+    if cfg.feedback == "pointer":
+        prompt_ids = base.tokenize([apply_template(cfg.template, ex.prompt) for ex in examples])
+        for n, (ids, length) in enumerate(zip(prompt_ids, encoded.lengths), 1):
+            if len(ids) != length:  # the cache was written by another tokenizer: the ids would not line up
+                raise RLFError(f"{name}: example {n}: {len(ids)} tokens, its cached encoding has {length}; "
+                               f"delete the cache entry {encoded.path}")
+    return Split(examples, encoded, target_ids_of(examples, base.tokenizer, name, cfg.target_tokens), prompt_ids)
 
 
 def file_digest(path: Path) -> str:
@@ -164,7 +184,7 @@ def build_model(cfg: TrainConfig, base: Base) -> RLFModel:
         loop_pos=cfg.loop_pos, max_loops=cfg.max_loops, train_head=cfg.train_head, scratchpad=cfg.scratchpad,
         bridge_rank=cfg.bridge_rank, core_dim=cfg.core_dim, chunk_size=cfg.chunk_size, loop_layers=cfg.loop_layers,
         lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, loop_span=cfg.loop_span,
-        core_pos=cfg.core_pos, target_tokens=cfg.target_tokens,
+        core_pos=cfg.core_pos, target_tokens=cfg.target_tokens, feedback=cfg.feedback,
     )
     have = len(base.upper_layers.layers) if base.upper_layers is not None else 0
     if cfg.loop_layers and have != cfg.loop_layers:
@@ -356,7 +376,7 @@ def validate(model: RLFModel, split: Split, batch_size: int = 64, supervision: s
         idx = list(range(i, min(i + batch_size, n)))
         x, lengths, tids = split.batch(idx)
         n_loops = loops_needed(tids, supervision)
-        logits = model(x.to(model.lm_head.device), lengths, n_loops)
+        logits = model(x.to(model.lm_head.device), lengths, n_loops, **split.model_inputs(idx))
         slots = logits.shape[2] if logits.dim() == 4 else 1  # (B, L, K, V + 1) with K read-out slots
         targets = loop_targets(tids, model.halt_id, n_loops, scored, slots)
         hit = (logits.argmax(-1).cpu() == targets) | (targets == IGNORE)  # (B, L), or (B, L, K)
@@ -407,8 +427,8 @@ class TrainStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, fn, *args):
-        return fn(self.model, *args)
+    def forward(self, fn, *args, **kwargs):
+        return fn(self.model, *args, **kwargs)
 
 
 def check_batch_split(cfg: TrainConfig, plan: list[Phase], world_size: int) -> None:
@@ -551,7 +571,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         t0 = time.perf_counter()
         idx = batch_order(sizes[ph.name], pcfg.batch_size, cfg.seed, step - ph.start)  # the same on every rank
         mine = world.shard(idx)  # this rank's part of it, padded as the whole batch would be
-        x, lengths, _ = sp.batch(mine, width=int(sp.encoded.lengths[idx].max()))
+        width = int(sp.encoded.lengths[idx].max())
+        x, lengths, _ = sp.batch(mine, width)
+        extra = sp.model_inputs(mine, width)  # feedback=pointer: the prompt ids
         tids = [sp.target_ids[i] for i in idx]
         for g in opt.param_groups:
             g["lr"] = lr_at(step - ph.start, pcfg)
@@ -580,14 +602,16 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
                                                            "chains")
             rows, pos, targets = chain_batch([warmup_targets[ph.name][i] for i in mine], model.halt_id)
             with autocast:
-                loss, stats = step_fn(chain_loss, x.to(device), rows, pos, targets.to(device))
+                loss, stats = step_fn(chain_loss, x.to(device), rows, pos, targets.to(device), **extra)
         else:
             n_loops = loops_needed(tids, pcfg.supervision, pcfg.extra_halt_loops)
             targets = loop_targets(tids, model.halt_id, n_loops, pcfg.supervision, cfg.target_tokens)
             # DDP averages the ranks' gradients: each rank's loss is its sum over the global batch's count / ranks
             share = (targets != IGNORE).sum() / world.size
+            if extra and pcfg.supervision == "per_loop":  # teacher forcing: each loop fed the key of the right word
+                extra["teacher"] = world.shard(targets).to(device)
             with autocast:
-                logits = step_fn(RLFModel.__call__, x.to(device), lengths, n_loops)
+                logits = step_fn(RLFModel.__call__, x.to(device), lengths, n_loops, **extra)
             loss, stats = loop_loss(logits, world.shard(targets).to(device), share)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -697,8 +721,11 @@ class LoadedRun:
     base: Base
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        from rlf.cache import apply_template
+        x, lengths, _ = self.encode_with_ids(prompts)
+        return x, lengths
 
+    def encode_with_ids(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The prompts' encodings and lengths, and what the model takes beside them (as `Split.model_inputs`)."""
         for p in prompts:
             if not p.strip():
                 raise RLFError("empty prompt: give the problem text, e.g. \"K = moon. P = K. What is P?\"")
@@ -707,15 +734,16 @@ class LoadedRun:
         for p, x in zip(prompts, ids):
             if limit and len(x) > limit:
                 raise RLFError(f"prompt of {len(x)} tokens is longer than the base's limit of {limit}: {p[:60]!r}...")
-        return self.base.encode_ids(ids)
+        x, lengths = self.base.encode_ids(ids)
+        return x, lengths, ({"prompt_ids": pad_ids(ids, x.shape[1])} if self.config.feedback == "pointer" else {})
 
     def solve(self, prompts: list[str], max_loops: int | None = None, **ablation) -> list[list[dict]]:
         """Per prompt, the loop-by-loop trace: loop, token, p, p_halt (stops after <HALT>).
 
         With target_tokens > 1, `token` is the loop's whole word, `tokens` its pieces and `p` the word's probability
         (the product of its slots' probabilities, the end marker's included)."""
-        x, lengths = self.encode(prompts)
-        out = self.model.solve(x, lengths, max_loops, **ablation)
+        x, lengths, extra = self.encode_with_ids(prompts)
+        out = self.model.solve(x, lengths, max_loops, **extra, **ablation)
         halt = self.model.halt_id
         traces = []
         for b in range(len(prompts)):

@@ -153,7 +153,7 @@ def forced_tokens(model: RLFModel, split: Split, factor: int = FORCED_FACTOR, ba
         n_loops = factor * (len(split.target_ids[idx[-1]]) + 1)
         idx = idx[: max(1, LOGIT_BUDGET // (4 * n_loops * (model.halt_id + 1)))]  # keep the logits bounded
         x, lengths, _ = split.batch(idx)
-        tokens = model(x.to(device), lengths, n_loops).argmax(-1).cpu().numpy()  # (B, n_loops)
+        tokens = model(x.to(device), lengths, n_loops, **split.model_inputs(idx)).argmax(-1).cpu().numpy()  # (B, L)
         for row, i in enumerate(idx):
             rows[i] = tokens[row]
         start += len(idx)
