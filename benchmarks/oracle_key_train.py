@@ -12,7 +12,13 @@ With --key-map a d x d map (zero at the start) also learns, by regression, to tu
 input of the next loop, and the probe adds the task with each loop from the second fed the map of its own previous
 state: the oracle's key, made from the loop's own output.
 
-    python benchmarks/oracle_key_train.py RUN [--steps 600] [--train 3000] [--n 300] [--key-map] [--out FILE.json]
+The probe also feeds each loop from the second the pointer key of its previous loop's word (`RLFModel.pointer_key`,
+feedback=pointer: the encoder's states at the prompt positions holding that word, weighed by the loop's softmax, or
+by its argmax alone). `--train-feed` chooses what the fine-tune feeds those loops: the oracle input (default), the
+pointer key of the loop's own softmax (end to end), or the pointer key of the right word (`teacher`, teacher forcing).
+
+    python benchmarks/oracle_key_train.py RUN [--steps 600] [--train 3000] [--n 300] [--key-map]
+                                              [--train-feed oracle|pointer|teacher] [--out FILE.json]
 
 Writes nothing to RUN. Not a test.
 """
@@ -24,7 +30,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from chain_depth_probe import (chain_targets, fed_logits, load_answer_span_run, oracle_input,  # noqa: E402
@@ -33,7 +38,7 @@ from chain_depth_probe import (chain_targets, fed_logits, load_answer_span_run, 
 from rlf.cache import apply_template  # noqa: E402
 from rlf.model import loop_loss  # noqa: E402
 from rlf.tasks import read_jsonl  # noqa: E402
-from rlf.train import target_ids_of  # noqa: E402
+from rlf.train import pad_ids, target_ids_of  # noqa: E402
 
 
 def mapped_logits(model, key_map, x, lengths, refs, loops: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,47 +55,21 @@ def mapped_logits(model, key_map, x, lengths, refs, loops: int) -> tuple[torch.T
     return fed_logits(model, x, lengths, loops, feed), torch.stack(errs).mean()
 
 
-def prompt_ids(examples, tokenizer, template: str, T: int) -> torch.Tensor:
-    """(B, T) token ids of the templated prompts, -1 past each prompt's end."""
-    out = torch.full((len(examples), T), -1, dtype=torch.long)
-    for i, ex in enumerate(examples):
-        ids = tokenizer(apply_template(template, ex.prompt))["input_ids"]
-        out[i, : len(ids)] = torch.tensor(ids)
-    return out
-
-
-RHS_ONLY = None  # with --rhs-only: the token id of "."; the pointer then weighs only positions followed by it
-
-
-def pointer_input(model, x: torch.Tensor, ids: torch.Tensor, state: torch.Tensor, gate=None, hard=False
-                  ) -> torch.Tensor:
-    """The pointer key (B, d): the prompt's encoder states averaged with weights p(token at t), the probability the
-    head gives, from `state`, to each position's own token; the states where the prompt holds the word the loop
-    names."""
-    p = model.head(state)[..., : model.cfg.vocab_size].softmax(-1)  # (B, V)
-    if hard:  # the argmax word alone
-        p = F.one_hot(p.argmax(-1), p.shape[-1]).to(p)
-    w = p.gather(1, ids.clamp_min(0)) * (ids >= 0)  # (B, T)
-    if RHS_ONLY is not None:  # a diagnostic: the right-hand sides of statements alone (the oracle's positions)
-        w = w * F.pad(ids[:, 1:] == RHS_ONLY, (0, 1))
-    if gate is not None:  # a learned weight per position, from its own encoder state
-        w = w * torch.sigmoid(gate(x)).squeeze(-1)
-    return torch.einsum("bt,btd->bd", w / w.sum(1, keepdim=True).clamp_min(1e-9), x)
-
-
-def pointer_logits(model, x, lengths, ids, loops: int, gate=None, hard=False) -> torch.Tensor:
-    """Per-loop logits with loop k >= 1 fed the `pointer_input` of its previous state (end to end)."""
-    return fed_logits(model, x, lengths, loops, lambda k, state: pointer_input(model, x, ids, state, gate, hard))
-
-
-def teacher_logits(model, x, lengths, ids, targets: torch.Tensor, gate=None) -> torch.Tensor:
-    """Per-loop logits with loop k >= 1 fed the pointer key of the right word (loop k - 1's target): teacher
-    forcing of the pointer, whose keys need no statement parsing (every position holding the word)."""
+def pointer_logits(model, x, lengths, ids, loops: int, hard: bool = False) -> torch.Tensor:
+    """Per-loop logits with loop k >= 1 fed `RLFModel.pointer_key` of its previous loop's softmax (feedback=pointer
+    at inference), or with `hard` of its argmax word alone."""
     def feed(k, state):
-        word = F.one_hot(targets[:, k - 1].clamp_min(0), model.cfg.vocab_size).float() * (targets[:, k - 1, None] >= 0)
-        w = word.gather(1, ids.clamp_min(0)) * (ids >= 0)
-        return torch.einsum("bt,btd->bd", w / w.sum(1, keepdim=True).clamp_min(1e-9), x)
-    return fed_logits(model, x, lengths, targets.shape[1], feed)
+        logits = model.head(state)
+        word = logits.argmax(-1) if hard else logits[..., : model.cfg.vocab_size].softmax(-1)
+        return model.pointer_key(x, ids, lengths, word)
+    return fed_logits(model, x, lengths, loops, feed)
+
+
+def teacher_logits(model, x, lengths, ids, targets: torch.Tensor) -> torch.Tensor:
+    """Per-loop logits with loop k >= 1 fed the pointer key of the right word, loop k - 1's target (feedback=pointer
+    in training: teacher forcing)."""
+    return fed_logits(model, x, lengths, targets.shape[1],
+                      lambda k, state: model.pointer_key(x, ids, lengths, targets[:, k - 1]))
 
 
 def main() -> None:
@@ -107,14 +86,9 @@ def main() -> None:
                     "input (regression), and probe the task with each loop fed the map of its own previous state")
     ap.add_argument("--train-feed", choices=("oracle", "pointer", "teacher"), default="oracle",
                     help="each loop from the second fed the oracle input, or the pointer key of its own output")
-    ap.add_argument("--rhs-only", action="store_true", help="diagnostic: pointer weights only at positions before '.'")
-    ap.add_argument("--gate", action="store_true", help="pointer weights times a learned gate of each position")
     args = ap.parse_args()
     run = load_answer_span_run(args.run)
     model, tok, template = run.model, run.base.tokenizer, run.config.template
-    if args.rhs_only:
-        global RHS_ONLY
-        (RHS_ONLY,) = tok(".")["input_ids"]
     sets = {}
     for name, n in (("train", args.train), ("val", args.n)):
         ex = read_jsonl(Path(args.run) / f"{name}.jsonl")[:n]
@@ -125,7 +99,7 @@ def main() -> None:
             x[i * 500 : i * 500 + len(xi), : xi.shape[1]] = xi
         tids = target_ids_of(ex, tok, name)
         sets[name] = (x.float(), lengths, oracle_refs(ex, tok, template), chain_targets(tids, model.halt_id),
-                      prompt_ids(ex, tok, template, x.shape[1]))
+                      pad_ids(tok([apply_template(template, e.prompt) for e in ex])["input_ids"], x.shape[1]))
     params = [p for p in model.parameters() if p.requires_grad]
     if args.key_map:
         d = sets["val"][0].shape[-1]
@@ -133,12 +107,6 @@ def main() -> None:
         torch.nn.init.zeros_(key_map.weight)
         torch.nn.init.zeros_(key_map.bias)
         params += list(key_map.parameters())
-    gate = None
-    if args.gate:
-        gate = torch.nn.Linear(sets["val"][0].shape[-1], 1)
-        torch.nn.init.zeros_(gate.weight)
-        torch.nn.init.zeros_(gate.bias)
-        params += list(gate.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     g = torch.Generator().manual_seed(0)
     log, t0 = [], time.perf_counter()
@@ -150,9 +118,9 @@ def main() -> None:
             rows = {"oracle input": tally(oracle_logits(model, x, lengths, refs, targets.shape[1]), targets,
                                           model.halt_id, 5),
                     "own output": tally(model(x, lengths, targets.shape[1]), targets, model.halt_id, 5),
-                    "pointer key": tally(pointer_logits(model, x, lengths, ids, targets.shape[1], gate), targets,
+                    "pointer key": tally(pointer_logits(model, x, lengths, ids, targets.shape[1]), targets,
                                          model.halt_id, 5),
-                    "pointer, argmax": tally(pointer_logits(model, x, lengths, ids, targets.shape[1], gate, True),
+                    "pointer, argmax": tally(pointer_logits(model, x, lengths, ids, targets.shape[1], True),
                                              targets, model.halt_id, 5)}
             if args.key_map:
                 rows["mapped own output"] = tally(mapped_logits(model, key_map, x, lengths, refs, targets.shape[1])[0],
@@ -171,9 +139,9 @@ def main() -> None:
         if args.train_feed == "oracle":
             logits = oracle_logits(model, x_all[idx, :T], len_all[idx], refs, t_all.shape[1])
         elif args.train_feed == "teacher":
-            logits = teacher_logits(model, x_all[idx, :T], len_all[idx], ids_all[idx, :T], t_all[idx], gate)
+            logits = teacher_logits(model, x_all[idx, :T], len_all[idx], ids_all[idx, :T], t_all[idx])
         else:
-            logits = pointer_logits(model, x_all[idx, :T], len_all[idx], ids_all[idx, :T], t_all.shape[1], gate)
+            logits = pointer_logits(model, x_all[idx, :T], len_all[idx], ids_all[idx, :T], t_all.shape[1])
         loss, _ = loop_loss(logits, t_all[idx])
         if args.key_map:  # the map learns from the model's own states; the task loss keeps the oracle input
             _, err = mapped_logits(model, key_map, x_all[idx, :T], len_all[idx], refs, t_all.shape[1])
