@@ -162,10 +162,10 @@ def bench_memory(run: LoadedRun, run_dir: str | Path | None = None, loops=DEFAUL
     model, device = run.model.eval(), run.base.device
     hops = max(train_hops(Path(run_dir), run.config) if run_dir else [1])
     prompts = [ex.prompt for ex in heldout_examples(run.config, run.base.tokenizer, [hops], batch_size)]
-    x, lengths = run.encode(prompts)
+    x, lengths, extra = run.encode_with_ids(prompts)
     x = x.float().to(device)
     loops = sorted(loops)
-    peaks = measure_peaks(lambda n: model.solve(x, lengths, n, min_loops=n), loops, device)
+    peaks = measure_peaks(lambda n: model.solve(x, lengths, n, min_loops=n, **extra), loops, device)
     result = {"run": str(run_dir) if run_dir else None, "batch_size": len(prompts),
               "prompt_tokens": int(lengths.max()), "hops": hops, **peaks,
               **fit_growth(loops, peaks["peak_mb"], state_mb=x.numel() * x.element_size() / MB)}
