@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from chain_depth_probe import (chain_targets, fed_logits, load_answer_span_run, oracle_input,  # noqa: E402
                                oracle_logits, oracle_refs, tally)
 
-from rlf.cache import apply_template  # noqa: E402
+from rlf.cache import tokenize_prompts  # noqa: E402
 from rlf.model import loop_loss  # noqa: E402
 from rlf.tasks import read_jsonl  # noqa: E402
 from rlf.train import pad_ids, target_ids_of  # noqa: E402
@@ -99,7 +99,7 @@ def main() -> None:
             x[i * 500 : i * 500 + len(xi), : xi.shape[1]] = xi
         tids = target_ids_of(ex, tok, name)
         sets[name] = (x.float(), lengths, oracle_refs(ex, tok, template), chain_targets(tids, model.halt_id),
-                      pad_ids(tok([apply_template(template, e.prompt) for e in ex])["input_ids"], x.shape[1]))
+                      pad_ids(tokenize_prompts(run.base, template, [e.prompt for e in ex]), x.shape[1]))
     params = [p for p in model.parameters() if p.requires_grad]
     if args.key_map:
         d = sets["val"][0].shape[-1]

@@ -43,6 +43,11 @@ def apply_template(template: str, prompt: str) -> str:
     return template.replace("{prompt}", prompt)
 
 
+def tokenize_prompts(base: Base, template: str, prompts: list[str]) -> list[list[int]]:
+    """Each prompt's token ids as the base encodes it: the template applied, then the base's tokenizer."""
+    return base.tokenize([apply_template(template, p) for p in prompts])
+
+
 def cache_key(base: Base, template: str, prompts: list[str], storage: str) -> str:
     """A hash of everything an encoding depends on."""
     h = hashlib.sha256()

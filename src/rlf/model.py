@@ -154,7 +154,7 @@ class RLFModel(nn.Module):
 
         `word` is a distribution over the base vocabulary (B, V) (the loop's softmax at inference; teacher forcing
         in training gives the right word's one-hot) or ids (B,) (IGNORE: no word); each prompt position t < lengths
-        weighs word[prompt_ids[t]]. A word the prompt does not hold (the value word's successor, <HALT>) gives 0."""
+        weighs word[prompt_ids[t]]. A word the prompt does not hold (<HALT>, the target after the value) gives 0."""
         T = x_prompt.shape[1]
         ids = prompt_ids[:, :T].to(x_prompt.device)
         valid = (ids >= 0) & (torch.arange(T, device=ids.device)[None, :] < lengths[:, None].to(ids.device))

@@ -230,7 +230,8 @@ def run_probes(run: LoadedRun, run_dir: str | Path, out: str | Path | None = Non
     results = {"out": str(out), "fsm": probe_fsm(model, split, out)}
     results["gate_partition"] = gate_partition(model, out, gate_threshold)
     m = min(ablation_n or n, len(examples))
-    first_m = Split(examples[:m], split.encoded, split.target_ids[:m], split.prompt_ids and split.prompt_ids[:m])  # encodings are indexed by position
+    first_m = Split(examples[:m], split.encoded, split.target_ids[:m],  # encodings are indexed by position
+                    None if split.prompt_ids is None else split.prompt_ids[:m])
     results["gate_ablation"] = gate_ablation(model, first_m, results["gate_partition"], out, random_sets, seed)
     results["trajectory"] = trajectory(model, split, run.base.tokenizer, out, index=longest)
     return results

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from rlf import distributed
 from rlf.base import Base, load_base
-from rlf.cache import EncodedSet, apply_template, encode_cached
+from rlf.cache import EncodedSet, apply_template, encode_cached, tokenize_prompts
 from rlf.config import DATA_KEYS, TrainConfig, read_run_config
 from rlf.errors import RLFError
 from rlf.model import (IGNORE, RLFConfig, RLFModel, chain_loss, copy_loss, loop_loss, loop_targets, loops_needed,
@@ -163,7 +163,7 @@ def prepare_split(examples: list[Example], base: Base, cfg: TrainConfig, name: s
                             progress=progress)
     prompt_ids = None
     if cfg.feedback == "pointer":
-        prompt_ids = base.tokenize([apply_template(cfg.template, ex.prompt) for ex in examples])
+        prompt_ids = tokenize_prompts(base, cfg.template, [ex.prompt for ex in examples])
         for n, (ids, length) in enumerate(zip(prompt_ids, encoded.lengths), 1):
             if len(ids) != length:  # the cache was written by another tokenizer: the ids would not line up
                 raise RLFError(f"{name}: example {n}: {len(ids)} tokens, its cached encoding has {length}; "
@@ -573,14 +573,13 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         mine = world.shard(idx)  # this rank's part of it, padded as the whole batch would be
         width = int(sp.encoded.lengths[idx].max())
         x, lengths, _ = sp.batch(mine, width)
-        extra = sp.model_inputs(mine, width)  # feedback=pointer: the prompt ids
         tids = [sp.target_ids[i] for i in idx]
         for g in opt.param_groups:
             g["lr"] = lr_at(step - ph.start, pcfg)
         opt.param_groups[0]["weight_decay"] = pcfg.weight_decay  # the decayed group (make_optimizer's first)
         if pcfg.supervision == "copy":
             if ph.name not in warmup_targets:  # the phase's prompts as the base encoded them, ids end to end, once
-                ids = base.tokenize([apply_template(cfg.template, ex.prompt) for ex in sp.examples])
+                ids = sp.prompt_ids or tokenize_prompts(base, cfg.template, [ex.prompt for ex in sp.examples])
                 starts = torch.tensor([0, *map(len, ids)]).cumsum(0)[:-1]
                 warmup_targets[ph.name] = (torch.tensor([t for row in ids for t in row]), starts)
             flat, starts = warmup_targets[ph.name]
@@ -602,12 +601,14 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
                                                            "chains")
             rows, pos, targets = chain_batch([warmup_targets[ph.name][i] for i in mine], model.halt_id)
             with autocast:
-                loss, stats = step_fn(chain_loss, x.to(device), rows, pos, targets.to(device), **extra)
+                loss, stats = step_fn(chain_loss, x.to(device), rows, pos, targets.to(device),
+                                      **sp.model_inputs(mine, width))
         else:
             n_loops = loops_needed(tids, pcfg.supervision, pcfg.extra_halt_loops)
             targets = loop_targets(tids, model.halt_id, n_loops, pcfg.supervision, cfg.target_tokens)
             # DDP averages the ranks' gradients: each rank's loss is its sum over the global batch's count / ranks
             share = (targets != IGNORE).sum() / world.size
+            extra = sp.model_inputs(mine, width)  # feedback=pointer: the prompt ids
             if extra and pcfg.supervision == "per_loop":  # teacher forcing: each loop fed the key of the right word
                 extra["teacher"] = world.shard(targets).to(device)
             with autocast:
@@ -729,7 +730,7 @@ class LoadedRun:
         for p in prompts:
             if not p.strip():
                 raise RLFError("empty prompt: give the problem text, e.g. \"K = moon. P = K. What is P?\"")
-        ids = self.base.tokenize([apply_template(self.config.template, p) for p in prompts])
+        ids = tokenize_prompts(self.base, self.config.template, prompts)
         limit = getattr(self.base.model.config, "max_position_embeddings", None)
         for p, x in zip(prompts, ids):
             if limit and len(x) > limit:

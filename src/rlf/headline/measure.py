@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from rlf.base import Base
 from rlf.bench_memory import bench_memory, memory_in_fresh_process
-from rlf.cache import apply_template
+from rlf.cache import tokenize_prompts
 from rlf.config import TrainConfig
 from rlf.evaluate import evaluate_split, rate, run_solve, score
 from rlf.evaluate import parse_ablations as inference_ablations
@@ -191,7 +191,7 @@ def base_answers(base: Base, examples: list[Example], template: str, batch_size:
                                                     add_generation_prompt=True, tokenize=False) for ex in examples]
         ids = [base.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     else:
-        ids = base.tokenize([apply_template(template, ex.prompt) for ex in examples])
+        ids = tokenize_prompts(base, template, [ex.prompt for ex in examples])
     by_length: dict[int, list[int]] = {}
     for i, x in enumerate(ids):
         by_length.setdefault(len(x), []).append(i)
@@ -214,7 +214,7 @@ def base_answers(base: Base, examples: list[Example], template: str, batch_size:
 
 def mean_prompt_tokens(base: Base, examples: list[Example], template: str) -> float:
     """Mean length in tokens of the templated prompts."""
-    ids = base.tokenize([apply_template(template, ex.prompt) for ex in examples])
+    ids = tokenize_prompts(base, template, [ex.prompt for ex in examples])
     return float(np.mean([len(x) for x in ids]))
 
 
