@@ -57,6 +57,8 @@ def fails(capsys, argv: list[str], *expected: str) -> str:
     ("max_steps=-1", ["max_steps=-1"]),
     ("n_train=2.5", ["n_train", "expected int"]),
     ("distractors=-1", ["distractors=-1", "0 or more"]),
+    ("distractors=6-2", ["distractors", "6-2", "goes down"]),
+    ("distractors=two", ["distractors", "'two' is not a number or a range"]),
     ("lr=nan", ["lr=nan", "finite"]),
     ("lr=-0.1", ["lr=-0.1", "positive"]),
     ("lr=fast", ["lr", "expected float"]),
@@ -72,9 +74,15 @@ def test_bad_config_values_fail_before_anything_is_written(tmp_path, capsys, ove
     assert not out.exists()
 
 
-@pytest.mark.parametrize("override", ["hops=1-5,8", "hops= 2 , 4-6", "encoder_layers=null", "lr=1e-3", "n_train=1_000"])
+@pytest.mark.parametrize("override", ["hops=1-5,8", "hops= 2 , 4-6", "encoder_layers=null", "lr=1e-3", "n_train=1_000",
+                                      "distractors=2-6", "distractors=3"])
 def test_good_config_values_are_accepted(override):
     load_config("tiny", [override])
+
+
+def test_a_distractor_range_is_text_and_a_count_an_integer():
+    assert load_config("tiny", ["distractors=2-6"]).distractors == "2-6"
+    assert load_config("tiny", ["distractors=3"]).distractors == 3
 
 
 def test_hops_are_checked_at_load_even_when_data_comes_from_files(capsys, tmp_path):

@@ -165,6 +165,17 @@ def test_chain_targets_match_an_independent_resolver(tok, order):
         assert len(values) == ex.meta["distractors"] + 1  # one value per chain: the distractor chains are there
 
 
+def test_a_distractor_range_draws_each_examples_count_and_one_count_is_the_integer_option(tok):
+    mixed = generate("chain", 300, [2, 5], 4, tok, order="backward", distractors="1-3,6")
+    assert {ex.meta["distractors"] for ex in mixed} == {1, 2, 3, 6}
+    for ex in mixed:  # the distractor chains are really there: one value per chain
+        _, statements = resolve_chain(ex.prompt, "backward")
+        assert len([s for s in statements if re.fullmatch(r"\w+ = [a-z]\w*\.", s)]) == ex.meta["distractors"] + 1
+    assert generate("chain", 50, [1, 3], 4, tok, distractors="2") == generate("chain", 50, [1, 3], 4, tok, distractors=2)
+    with pytest.raises(RLFError, match=re.escape("chain: distractors '4-2'")):
+        generate("chain", 5, [1], 0, tok, distractors="4-2")
+
+
 def test_forward_chains_are_in_chain_order_and_backward_chains_need_dereferencing(tok):
     def chain_positions(ex):
         _, statements = resolve_chain(ex.prompt, ex.meta["order"])

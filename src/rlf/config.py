@@ -31,7 +31,7 @@ class TrainConfig:
     # data: generated from `task` unless train_file/val_file are given
     task: str = "chain"
     order: Literal["forward", "backward"] = "forward"
-    distractors: int = 0
+    distractors: int | str = 0  # or a range such as "2-6": each example draws its count from it
     name_pool: int = 0  # chain: draw variable names from the first N of the pool (0 = all)
     value_pool: int = 0  # chain: draw values from the first N of the pool (0 = all)
     hops: str = "1-5"
@@ -196,7 +196,15 @@ _NON_NEGATIVE = ("core_dim", "distractors", "scratchpad", "bridge_rank", "loop_l
 
 def _check_value(name: str, value, where: str) -> None:
     """Checks beyond the type: finite numbers, positive counts, a parseable hop list (so `hops=5-1` fails now)."""
-    if value is None or isinstance(value, bool) or isinstance(value, str) and name != "hops":
+    if name in ("hops", "distractors") and isinstance(value, str):  # a list such as 1-5,8
+        from rlf.tasks.suite import MAX_HOPS, parse_int_list
+
+        try:
+            parse_int_list(value, name, 1 if name == "hops" else 0, MAX_HOPS)
+        except RLFError as e:
+            raise RLFError(f"{where}: {e}") from None
+        return
+    if value is None or isinstance(value, bool) or isinstance(value, str):
         return
     if isinstance(value, float) and not math.isfinite(value):
         raise RLFError(f"{where}: {name}={value}: must be a finite number")
@@ -206,13 +214,6 @@ def _check_value(name: str, value, where: str) -> None:
         raise RLFError(f"{where}: {name}={value}: must be 0 or more")
     if name == "early_stop_acc" and not 0 <= value <= 1:
         raise RLFError(f"{where}: {name}={value}: must be between 0 and 1")
-    if name == "hops":
-        from rlf.tasks import parse_hops
-
-        try:
-            parse_hops(value)
-        except RLFError as e:
-            raise RLFError(f"{where}: {e}") from None
 
 
 def _parse_value(name: str, text: str):

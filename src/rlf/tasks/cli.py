@@ -22,7 +22,7 @@ DEFAULT_HOPS = {"graph": "3-6"}  # every other task: 1-5
 OPTION_HELP = {
     "order": "forward (statements in chain order, targets from the head) "
     "or backward (shuffled, targets from the query)",
-    "distractors": "number of unrelated chains / facts / concepts mixed in",
+    "distractors": "number of unrelated chains / facts / concepts mixed in; a range such as 2-6 draws it per example",
     "factual": "state the prior property instead of a counterfactual one (a control)",
 }
 
@@ -85,7 +85,8 @@ def _add_generate_args(p: argparse.ArgumentParser, task: str) -> None:
         if isinstance(default, bool):
             p.add_argument(flag, action="store_true", help=help_text)
         else:
-            p.add_argument(flag, type=type(default), default=default, help=help_text)
+            kind = str if name == "distractors" else type(default)  # a count, or a range drawn per example
+            p.add_argument(flag, type=kind, default=default, help=help_text)
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the JSONL file to write")
 
 

@@ -77,7 +77,8 @@ def generate(
     """Generate `n` examples of `task` at the given hops, deterministically from `seed`.
 
     `balanced`: every hop equally often (else drawn uniformly); `adversarial`: noise sentences per
-    prompt; `unique`: no prompt twice (nor any of `exclude_prompts`); `options`: the task's own.
+    prompt; `unique`: no prompt twice (nor any of `exclude_prompts`); `options`: the task's own. A task's
+    `distractors` may be a range such as `"2-6"`: each example draws its count uniformly from it.
     """
     sampler = _sampler(task)
     allowed = task_options(task)
@@ -92,6 +93,13 @@ def generate(
     if not hops or not all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= MAX_HOPS for h in hops):
         raise RLFError(f"{task}: hops must be a non-empty list of integers between 1 and {MAX_HOPS}, not {hops!r}")
     hops = sorted(set(hops))
+    counts = options.get("distractors")
+    if isinstance(counts, str):  # a range: drawn per example; one count is the integer option (the same bytes)
+        counts = parse_int_list(counts, f"{task}: distractors", 0, MAX_HOPS)
+        if len(counts) == 1:
+            options, counts = {**options, "distractors": counts[0]}, None
+    else:
+        counts = None
 
     vocab = build_vocab(tokenizer)
     rng = Random(seed)
@@ -106,7 +114,7 @@ def generate(
     out = []
     for i, k in enumerate(schedule):
         while True:
-            sample = sampler(rng, k, vocab, **options)
+            sample = sampler(rng, k, vocab, **(options if counts is None else {**options, "distractors": rng.choice(counts)}))
             prompt = sample.prompt
             if adversarial:
                 prompt = add_noise(prompt, rng, vocab, adversarial)
