@@ -93,13 +93,11 @@ def generate(
     if not hops or not all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= MAX_HOPS for h in hops):
         raise RLFError(f"{task}: hops must be a non-empty list of integers between 1 and {MAX_HOPS}, not {hops!r}")
     hops = sorted(set(hops))
-    counts = options.get("distractors")
-    if isinstance(counts, str):  # a range: drawn per example; one count is the integer option (the same bytes)
-        counts = parse_int_list(counts, f"{task}: distractors", 0, MAX_HOPS)
+    counts = None  # a distractor range, drawn per example; one count is the integer option (the same bytes)
+    if isinstance(options.get("distractors"), str):
+        counts = parse_int_list(options["distractors"], f"{task}: distractors", 0, MAX_HOPS)
         if len(counts) == 1:
             options, counts = {**options, "distractors": counts[0]}, None
-    else:
-        counts = None
 
     vocab = build_vocab(tokenizer)
     rng = Random(seed)
@@ -114,7 +112,8 @@ def generate(
     out = []
     for i, k in enumerate(schedule):
         while True:
-            sample = sampler(rng, k, vocab, **(options if counts is None else {**options, "distractors": rng.choice(counts)}))
+            drawn = {} if counts is None else {"distractors": rng.choice(counts)}
+            sample = sampler(rng, k, vocab, **{**options, **drawn})
             prompt = sample.prompt
             if adversarial:
                 prompt = add_noise(prompt, rng, vocab, adversarial)
