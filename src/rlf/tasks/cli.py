@@ -24,7 +24,11 @@ OPTION_HELP = {
     "or backward (shuffled, targets from the query)",
     "distractors": "number of unrelated chains / facts / concepts mixed in; a range such as 2-6 draws it per example",
     "factual": "state the prior property instead of a counterfactual one (a control)",
+    "words": "vocab (one-token concept words from the tokenizer) or prosqa (invented multi-token words in ProsQA's "
+    "style, its people and sentence forms: 'Is Tom a lempus or scrompus?')",
+    "word_tokens": "words=prosqa: the longest concept word in base tokens (the run's target_tokens; at least 2)",
 }
+TARGET_TOKENS_HELP = "the longest target in base tokens (the run's target_tokens; default 1: one token per loop)"
 
 
 def add_data_parser(sub) -> None:
@@ -50,14 +54,14 @@ def add_data_parser(sub) -> None:
     p = tasks.add_parser("coconut", help="read a Coconut-style JSON file (question, answer, steps, graph fields)")
     p.add_argument("path", help="the JSON file (an array of items)")
     p.add_argument("--task", default="coconut", help="the task name to give the examples (default: coconut)")
+    p.add_argument("--target-tokens", type=int, default=1, metavar="K", help=TARGET_TOKENS_HELP + "; ProsQA needs 4")
     _add_reader_args(p)
     p.set_defaults(func=_coconut)
 
     p = tasks.add_parser("check", help="validate JSONL files against a base tokenizer; exit 1 if any line is invalid")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--base", default=DEFAULT_BASE, help=BASE_HELP)
-    p.add_argument("--target-tokens", type=int, default=1, metavar="K",
-                   help="the longest target in base tokens (the run's target_tokens; default 1: one token per loop)")
+    p.add_argument("--target-tokens", type=int, default=1, metavar="K", help=TARGET_TOKENS_HELP)
     p.set_defaults(func=_check)
 
     p = tasks.add_parser("split", help="split a JSONL file into train/val/test (and ood) files, no prompt shared")
@@ -153,19 +157,27 @@ def _babi(args: argparse.Namespace) -> int:
 
 
 def _coconut(args: argparse.Namespace) -> int:
+    _check_target_tokens(args.target_tokens)
     _check_reader_args(args)
     tokenizer = _tokenizer(args.base)
-    examples = read_coconut(
-        args.path, tokenizer, task=args.task, skip_invalid=args.skip_invalid, reject_path=args.reject
-    )
+    try:
+        examples = read_coconut(
+            args.path, tokenizer, task=args.task, skip_invalid=args.skip_invalid, reject_path=args.reject,
+            max_tokens=args.target_tokens,
+        )  # fmt: skip
+    except RLFError as e:
+        if "tokens with a leading space" not in str(e):
+            raise
+        hint = ("allow longer targets with --target-tokens K (the run's target_tokens) "
+                "or skip them (--skip-invalid --reject FILE)")
+        raise RLFError(f"{e}\nhint: {hint}") from None
     write_jsonl(examples, args.output)
     log.info("wrote %d examples from %s to %s", len(examples), args.path, args.output)
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    if args.target_tokens < 1:
-        raise RLFError(f"--target-tokens {args.target_tokens}: must be 1 or more")
+    _check_target_tokens(args.target_tokens)
     tokenizer = _tokenizer(args.base)
     invalid = 0
     for file in args.files:
@@ -211,6 +223,11 @@ def _check_output(path: str) -> None:
         raise RLFError(f"-o {path}: the directory {parent} does not exist")
     if Path(path).is_dir():
         raise RLFError(f"-o {path}: is a directory; give a file name")
+
+
+def _check_target_tokens(k: int) -> None:
+    if k < 1:
+        raise RLFError(f"--target-tokens {k}: must be 1 or more")
 
 
 def _check_reader_args(args: argparse.Namespace) -> None:
