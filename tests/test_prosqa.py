@@ -214,3 +214,16 @@ def test_bad_input_is_refused_naming_file_item_or_line_and_field(tmp_path, tok):
     generated.write_text("\n".join([lines[0], json.dumps(empty), lines[2]]) + "\n")
     with pytest.raises(RLFError, match=rf"{generated}:2: field 'targets\[0\]': is empty"):
         read_jsonl(generated, tok, max_tokens=4)
+
+
+def test_a_graph_run_with_graph_words_prosqa_trains_on_multi_token_words_and_needs_k(tok):
+    from rlf.config import TrainConfig
+    from rlf.train import make_data
+
+    cfg = TrainConfig(task="graph", graph_words="prosqa", target_tokens=3, hops="2-3", n_train=20, n_val=5)
+    train, val = make_data(cfg, tok)
+    lengths = n_tokens(tok, [t for ex in train + val for t in ex.targets])
+    assert max(lengths) == 3 and min(lengths) >= 2
+    assert TrainConfig(task="graph").digest() == TrainConfig(task="graph", graph_words="vocab").digest()
+    with pytest.raises(RLFError, match="graph_words=prosqa needs target_tokens >= 2"):
+        TrainConfig(task="graph", graph_words="prosqa")

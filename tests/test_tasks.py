@@ -176,6 +176,23 @@ def test_a_distractor_range_draws_each_examples_count_and_one_count_is_the_integ
         generate("chain", 5, [1], 0, tok, distractors="4-2")
 
 
+def test_eval_distractors_set_the_held_out_sets_memory_and_leave_training_unchanged(tok):
+    from rlf.config import TrainConfig
+    from rlf.evaluate import heldout_examples
+
+    mixed = TrainConfig(order="backward", distractors="2-6")
+    protocol = TrainConfig(order="backward", distractors="2-6", eval_distractors=2)
+    assert {ex.meta["distractors"] for ex in heldout_examples(mixed, tok, [3, 7], 100)} == {2, 3, 4, 5, 6}
+    held_out = heldout_examples(protocol, tok, [3, 7], 100)
+    assert {ex.meta["distractors"] for ex in held_out} == {2}
+    assert held_out == heldout_examples(TrainConfig(order="backward", distractors=2), tok, [3, 7], 100)
+    assert protocol.digest() == mixed.digest()  # what is trained is the same: cached runs and parts stay valid
+    with pytest.raises(RLFError, match="eval_distractors=-1: must be 0 or more"):
+        TrainConfig(eval_distractors=-1)
+    with pytest.raises(RLFError, match="eval_distractors"):
+        TrainConfig(eval_distractors="6-2")
+
+
 def test_forward_chains_are_in_chain_order_and_backward_chains_need_dereferencing(tok):
     def chain_positions(ex):
         _, statements = resolve_chain(ex.prompt, ex.meta["order"])

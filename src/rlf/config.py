@@ -32,8 +32,11 @@ class TrainConfig:
     task: str = "chain"
     order: Literal["forward", "backward"] = "forward"
     distractors: int | str = 0  # or a range such as "2-6": each example draws its count from it
+    eval_distractors: int | str | None = None  # the held-out sets' (rlf eval --hops, headline, sweep dev); None = the above
     name_pool: int = 0  # chain: draw variable names from the first N of the pool (0 = all)
     value_pool: int = 0  # chain: draw values from the first N of the pool (0 = all)
+    # graph: one-token concept words (vocab), or invented ProsQA-style ones of 2 to target_tokens tokens (prosqa)
+    graph_words: Literal["vocab", "prosqa"] = "vocab"
     hops: str = "1-5"
     n_train: int = 20000
     n_val: int = 500
@@ -94,6 +97,9 @@ class TrainConfig:
                 setattr(self, f.name, float(getattr(self, f.name)))  # `lr: 1` and `lr: 1.0` are one config
         if self.phases is not None:
             self.phases = check_phases(self.phases, self.max_steps)
+        if self.graph_words == "prosqa" and self.target_tokens < 2:
+            raise RLFError("config: graph_words=prosqa needs target_tokens >= 2 (its words are 2 to target_tokens "
+                           "tokens; ProsQA's own need 4)")
         if self.loop_layers and self.encoder_layers is None:
             raise RLFError(f"config: loop_layers={self.loop_layers} needs encoder_layers set (the bottom layers, "
                            "encoded once and cached; the loop runs the next loop_layers), e.g. encoder_layers=6")
@@ -103,7 +109,7 @@ class TrainConfig:
 
     def digest(self, ignore: tuple[str, ...] = ("max_steps", "device", "val_every", "ckpt_every", "log_every",
                                                 "cache_dir", "max_bad_steps", "early_stop_acc",
-                                                "early_stop_patience")) -> str:
+                                                "early_stop_patience", "eval_distractors")) -> str:
         """A hash of the settings that change what is trained (not how long, where, or how often it reports).
 
         Settings at their default are left out, so a key added in a later version (at its default) leaves the
@@ -116,7 +122,7 @@ class TrainConfig:
 _HINTS = typing.get_type_hints(TrainConfig)
 
 # the keys that make a training set: a phase that sets any of them trains on data of its own
-DATA_KEYS = ("task", "order", "distractors", "name_pool", "value_pool", "hops", "n_train", "data_seed", "train_file")
+DATA_KEYS = ("task", "order", "distractors", "name_pool", "value_pool", "graph_words", "hops", "n_train", "data_seed", "train_file")
 # what a phase may change: the data, the supervision and the optimisation, never a parameter's shape or the encoder
 PHASE_KEYS = (*DATA_KEYS, "supervision", "copy_positions", "extra_halt_loops", "lr", "weight_decay", "warmup_steps",
               "grad_clip", "batch_size")
@@ -190,13 +196,13 @@ def _check_type(name: str, value, declared, where: str) -> None:
 _POSITIVE = ("copy_positions", "n_train", "n_val", "batch_size", "max_steps", "val_every", "ckpt_every", "log_every",
              "max_loops", "chunk_size", "max_bad_steps", "encoder_layers", "lr", "grad_clip", "lora_rank", "lora_alpha",
              "target_tokens")
-_NON_NEGATIVE = ("core_dim", "distractors", "scratchpad", "bridge_rank", "loop_layers", "warmup_steps",
+_NON_NEGATIVE = ("core_dim", "distractors", "eval_distractors", "scratchpad", "bridge_rank", "loop_layers", "warmup_steps",
                  "extra_halt_loops", "early_stop_patience", "weight_decay")
 
 
 def _check_value(name: str, value, where: str) -> None:
     """Checks beyond the type: finite numbers, positive counts, a parseable hop list (so `hops=5-1` fails now)."""
-    if name in ("hops", "distractors") and isinstance(value, str):  # a list such as 1-5,8
+    if name in ("hops", "distractors", "eval_distractors") and isinstance(value, str):  # a list such as 1-5,8
         from rlf.tasks.suite import MAX_HOPS, parse_int_list
 
         try:

@@ -279,8 +279,11 @@ def trained_answers(run_dir: Path) -> set[str] | None:
 def heldout_examples(cfg, tokenizer, hops: list[int], n: int, exclude=(), seed_offset: int = HELDOUT_SEED_OFFSET
                      ) -> list[Example]:
     """`n` examples per hop count of the run's task (and chain options and pools), from a seed no training split
-    uses."""
+    uses. A chain run's `eval_distractors`, when set, replaces its training `distractors` here: a model trained on
+    larger memories is measured on its protocol's."""
     opts = chain_options(cfg)
+    if cfg.task == "chain" and cfg.eval_distractors is not None:
+        opts["distractors"] = cfg.eval_distractors
     exclude = set(exclude)
     out = []
     for h in hops:  # one seed per hop: a hop's set does not depend on which other hops are asked for

@@ -88,6 +88,8 @@ def target_ids_of(examples: list[Example], tokenizer, source: str, max_tokens: i
 
 def chain_options(cfg: TrainConfig) -> dict:
     """The generator options a config implies (chain's order, distractors and vocabulary pools)."""
+    if cfg.task == "graph" and cfg.graph_words != "vocab":
+        return {"words": cfg.graph_words, "word_tokens": cfg.target_tokens}
     if cfg.task != "chain":
         return {}
     return {"order": cfg.order, "distractors": cfg.distractors, "names": cfg.name_pool, "values": cfg.value_pool}
