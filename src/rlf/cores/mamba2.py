@@ -70,12 +70,18 @@ ONE_CHUNK_MAX = 256  # longer prompts use the chunked scan: one chunk holds a (b
 _HAS_KERNELS = importlib.util.find_spec("mamba_ssm") is not None
 
 
-def scan_inputs(m, h: torch.Tensor, tail: torch.Tensor | None = None) -> dict:
-    """The mixer's per-position scan inputs for h (B, T, d): the gate, the conv's raw input behind the K - 1 raw
-    inputs before h (`tail`, (B, K - 1, conv_dim); zeros at the start of a sequence), so that row s + K - 1 holds
-    position s; x (B, T, H, P), B and C (B, T, H, N), dt (B, T, H) and A (H,)."""
+def scan_inputs(m, h: torch.Tensor, tail: torch.Tensor | None = None, gate: bool = True) -> dict:
+    """The mixer's per-position scan inputs for h (B, T, d): the gate (None without `gate`: the input projection then
+    skips its gate rows, ~47% of it), the conv's raw input behind the K - 1 raw inputs before h (`tail`,
+    (B, K - 1, conv_dim); zeros at the start of a sequence), so that row s + K - 1 holds position s; x (B, T, H, P),
+    B and C (B, T, H, N), dt (B, T, H) and A (H,)."""
     Bsz, T, _ = h.shape
-    gate, xBC, dt = m.in_proj(h).split([m.intermediate_size, m.conv_dim, m.num_heads], dim=-1)
+    if gate:
+        gate, xBC, dt = m.in_proj(h).split([m.intermediate_size, m.conv_dim, m.num_heads], dim=-1)
+    else:  # the memory of loop_span=answer: its prompt positions' gates are never read
+        rows = slice(m.intermediate_size, None)
+        bias = None if m.in_proj.bias is None else m.in_proj.bias[rows]
+        gate, (xBC, dt) = None, F.linear(h, m.in_proj.weight[rows], bias).split([m.conv_dim, m.num_heads], dim=-1)
     # the causal depthwise convolution as K shifted multiply-adds: mkldnn's depthwise conv1d backward alone
     # cost ~6% of a training step (torch.profiler, default preset)
     K = m.conv_kernel_size
@@ -119,7 +125,7 @@ def ssd_remember(m, h: torch.Tensor, last: torch.Tensor, rows: torch.Tensor | No
     With `rows` (Q,), the same for queries j = row rows[j] of h read at last[j] (Q,): the scan inputs are
     computed once per row of h, however many queries read it."""
     T = h.shape[1]
-    s = scan_inputs(m, h)
+    s = scan_inputs(m, h, gate=False)
     rows = torch.arange(h.shape[0], device=h.device) if rows is None else rows
     offsets = torch.arange(m.conv_kernel_size - 1, device=h.device)
     tail = s["padded"][rows[:, None], last[:, None] + offsets]  # raw inputs of positions last-K+1 .. last-1
