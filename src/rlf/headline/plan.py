@@ -15,7 +15,7 @@ from rlf.evaluate import heldout_examples
 from rlf.tasks import Example
 from rlf.train import make_data
 
-PROTOCOLS = {  # config overrides of each protocol; backward also gets `distractors=--distractors`
+PROTOCOLS = {  # config overrides of each protocol; backward also gets --distractors (see protocol_overrides)
     "forward": ["order=forward"],
     "backward": ["order=backward"],
 }
@@ -23,7 +23,7 @@ CORES = ("mamba2", "transformer", "mamba1")
 ABLATIONS = ("lifeline=scalar", "lifeline=none", "loop_pos=learned", "loop_pos=learned max_loops=4", "loop_pos=none",
              "supervision=final")  # max_loops=4: the learned loop position stops at loop 4: no clock to count on past it
 NO_LOOP = "supervision=answer_once"
-TOOL_KEYS = ("core", "order", "distractors")  # set by --cores, --protocols and --distractors, not by overrides
+TOOL_KEYS = ("core", "order", "distractors", "eval_distractors")  # set by --cores, --protocols, --distractors
 ROLES = ("main", "no_loop", "ablation", "base_alone")
 
 SIZES = {
@@ -39,9 +39,14 @@ SIZES = {
 }
 
 
-def protocol_overrides(protocol: str, distractors: int) -> list[str]:
-    """The config overrides of a protocol."""
-    return PROTOCOLS[protocol] + ([f"distractors={distractors}"] if protocol == "backward" else [])
+def protocol_overrides(protocol: str, distractors: int, cfg: TrainConfig) -> list[str]:
+    """The config overrides of a protocol for a config `cfg` (the preset with the shared overrides): backward's held-out
+    sets hold `distractors` distractor chains, and so do its training chains, unless `cfg` sets `eval_distractors`:
+    a config that does (the `pointer` preset) trains on its own `distractors`, larger memories than the protocol's."""
+    if protocol != "backward":
+        return PROTOCOLS[protocol]
+    own = cfg.eval_distractors is not None
+    return PROTOCOLS[protocol] + [f"eval_distractors={distractors}"] + ([] if own else [f"distractors={distractors}"])
 
 
 @dataclass
@@ -115,9 +120,12 @@ def plan_jobs(preset: str, overrides: list[str], protocols: list[str], cores: li
         raise RLFError(f"--protocols/--cores {','.join(bad) or '(empty)'}: protocols are {', '.join(PROTOCOLS)}; "
                        f"cores are {', '.join(CORES)}")
 
+    shared = load_config(preset, overrides)
+
     def job(name: str, role: str, protocol: str, core: str, extra: list[str], variant: str = "") -> Job:
         return Job(name, role, protocol, core, preset,
-                   [*overrides, *protocol_overrides(protocol, distractors), f"core={core}", *extra], n, quick, variant)
+                   [*overrides, *protocol_overrides(protocol, distractors, shared), f"core={core}", *extra], n, quick,
+                   variant)
 
     jobs = []
     for p in protocols:
