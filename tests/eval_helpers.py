@@ -1,6 +1,7 @@
 """Helpers shared by the evaluation, probe and demo tests (not a test module)."""
 
 import math
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,27 @@ def main_in(folder: Path, argv: list[str]) -> None:
             assert main(argv) == 0
     finally:
         torch.set_num_threads(threads)
+
+
+def shortest_path(edges: dict[str, list[str]], subject: str, options: list[str], unique: bool = True
+                  ) -> tuple[list[str], str]:
+    """(the path below the subject to the one reachable option, that option) by BFS over `edges`; asserts exactly one
+    option is reachable and, when `unique`, by a single shortest path (an independent resolver of graph questions)."""
+    depth, count, parent = {subject: 0}, {subject: 1}, {subject: None}
+    queue = deque([subject])
+    while queue:
+        node = queue.popleft()
+        for child in edges.get(node, []):
+            if child not in depth:
+                depth[child], count[child], parent[child] = depth[node] + 1, count[node], node
+                queue.append(child)
+            elif depth[child] == depth[node] + 1:
+                count[child] += count[node]
+    reachable = [o for o in options if o in depth]
+    assert len(reachable) == 1, f"options {options}: reachable {reachable}"
+    answer = reachable[0]
+    assert count[answer] == 1 or not unique, f"the shortest path to {answer} is not unique"
+    path = [answer]
+    while parent[path[-1]] != subject:
+        path.append(parent[path[-1]])
+    return path[::-1], answer

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections import deque
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import pytest
 from rlf.cli import main
 from rlf.errors import RLFError
 from rlf.tasks import generate, read_coconut, read_jsonl, write_jsonl
+
+from eval_helpers import shortest_path
 
 FIXTURE = Path(__file__).parent / "fixtures" / "prosqa_valid_sample.json"
 # ProsQA's sentence forms, read off its files: `Tom is a terpus.`, `Every terpus is a brimpus.` (always `a`, even
@@ -44,24 +45,8 @@ def resolve(prompt: str, unique: bool = True) -> tuple[list[str], str, str]:
     for sentence in body:
         if m := FACT.fullmatch(sentence):
             edges.setdefault(m.group(1) or m.group(2), []).append(m.group(3))
-    depth, count, parent = {subject: 0}, {subject: 1}, {subject: None}
-    queue = deque([subject])
-    while queue:
-        node = queue.popleft()
-        for child in edges.get(node, []):
-            if child not in depth:
-                depth[child], count[child], parent[child] = depth[node] + 1, count[node], node
-                queue.append(child)
-            elif depth[child] == depth[node] + 1:
-                count[child] += count[node]
-    reachable = [o for o in options if o in depth]
-    assert len(reachable) == 1, (options, prompt)
-    answer = reachable[0]
-    assert count[answer] == 1 or not unique, f"several shortest paths to {answer} in {prompt!r}"
-    path = [answer]
-    while parent[path[-1]] != subject:
-        path.append(parent[path[-1]])
-    return path[::-1], answer, next(o for o in options if o != answer)
+    path, answer = shortest_path(edges, subject, options, unique)
+    return path, answer, next(o for o in options if o != answer)
 
 
 def concepts_of(prompt: str) -> list[str]:

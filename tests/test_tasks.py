@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,8 @@ from rlf.tasks import (
     write_jsonl,
 )
 from rlf.tasks.suite import TASKS
+
+from eval_helpers import shortest_path
 
 BABI_DIR = Path(os.environ.get("RLF_BABI_DIR", Path(__file__).resolve().parents[2] / "shared/data/babi"))
 needs_babi = pytest.mark.skipif(not (BABI_DIR / "en-10k").is_dir(), reason=f"no bAbI data at {BABI_DIR}")
@@ -91,26 +93,7 @@ def resolve_graph(prompt: str) -> tuple[list[str], str]:
             edges.setdefault(m.group(1), []).append(m.group(2))
     m = re.fullmatch(r"Is (\w+) an? (\w+) or an? (\w+)\?", question)
     subject, options = m.group(1), [m.group(2), m.group(3)]
-    parent = {subject: None}
-    count = {subject: 1}  # number of shortest paths
-    depth = {subject: 0}
-    queue = deque([subject])
-    while queue:
-        node = queue.popleft()
-        for child in edges.get(node, []):
-            if child not in depth:
-                depth[child], count[child], parent[child] = depth[node] + 1, count[node], node
-                queue.append(child)
-            elif depth[child] == depth[node] + 1:
-                count[child] += count[node]
-    reachable = [o for o in options if o in depth]
-    assert len(reachable) == 1, f"options {options}: reachable {reachable} in {prompt!r}"
-    answer = reachable[0]
-    assert count[answer] == 1, f"shortest path to {answer} is not unique in {prompt!r}"
-    path = [answer]
-    while parent[path[-1]] != subject:
-        path.append(parent[path[-1]])
-    return path[::-1], answer
+    return shortest_path(edges, subject, options)
 
 
 def evaluate_program(prompt: str) -> tuple[dict[str, int], str]:
