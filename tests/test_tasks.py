@@ -174,6 +174,8 @@ def test_eval_distractors_set_the_held_out_sets_memory_and_leave_training_unchan
         TrainConfig(eval_distractors=-1)
     with pytest.raises(RLFError, match="eval_distractors"):
         TrainConfig(eval_distractors="6-2")
+    with pytest.raises(RLFError, match="task='graph' has none"):
+        TrainConfig(task="graph", eval_distractors=2)
 
 
 def test_forward_chains_are_in_chain_order_and_backward_chains_need_dereferencing(tok):

@@ -32,7 +32,8 @@ class TrainConfig:
     task: str = "chain"
     order: Literal["forward", "backward"] = "forward"
     distractors: int | str = 0  # or a range such as "2-6": each example draws its count from it
-    eval_distractors: int | str | None = None  # the held-out sets' (rlf eval --hops, headline, sweep dev); None = the above
+    # chain: the held-out sets' distractors (rlf eval --hops, the headline, sweep dev sets); None = `distractors`
+    eval_distractors: int | str | None = None
     name_pool: int = 0  # chain: draw variable names from the first N of the pool (0 = all)
     value_pool: int = 0  # chain: draw values from the first N of the pool (0 = all)
     # graph: one-token concept words (vocab), or invented ProsQA-style ones of 2 to target_tokens tokens (prosqa)
@@ -97,6 +98,9 @@ class TrainConfig:
                 setattr(self, f.name, float(getattr(self, f.name)))  # `lr: 1` and `lr: 1.0` are one config
         if self.phases is not None:
             self.phases = check_phases(self.phases, self.max_steps)
+        if self.eval_distractors is not None and self.task != "chain":
+            raise RLFError(f"config: eval_distractors={self.eval_distractors!r} sets the held-out chains' distractors; "
+                           f"task={self.task!r} has none (leave it null)")
         if self.graph_words == "prosqa" and self.target_tokens < 2:
             raise RLFError("config: graph_words=prosqa needs target_tokens >= 2 (its words are 2 to target_tokens "
                            "tokens; ProsQA's own need 4)")
@@ -122,7 +126,8 @@ class TrainConfig:
 _HINTS = typing.get_type_hints(TrainConfig)
 
 # the keys that make a training set: a phase that sets any of them trains on data of its own
-DATA_KEYS = ("task", "order", "distractors", "name_pool", "value_pool", "graph_words", "hops", "n_train", "data_seed", "train_file")
+DATA_KEYS = ("task", "order", "distractors", "name_pool", "value_pool", "graph_words", "hops", "n_train", "data_seed",
+             "train_file")
 # what a phase may change: the data, the supervision and the optimisation, never a parameter's shape or the encoder
 PHASE_KEYS = (*DATA_KEYS, "supervision", "copy_positions", "extra_halt_loops", "lr", "weight_decay", "warmup_steps",
               "grad_clip", "batch_size")
@@ -196,8 +201,8 @@ def _check_type(name: str, value, declared, where: str) -> None:
 _POSITIVE = ("copy_positions", "n_train", "n_val", "batch_size", "max_steps", "val_every", "ckpt_every", "log_every",
              "max_loops", "chunk_size", "max_bad_steps", "encoder_layers", "lr", "grad_clip", "lora_rank", "lora_alpha",
              "target_tokens")
-_NON_NEGATIVE = ("core_dim", "distractors", "eval_distractors", "scratchpad", "bridge_rank", "loop_layers", "warmup_steps",
-                 "extra_halt_loops", "early_stop_patience", "weight_decay")
+_NON_NEGATIVE = ("core_dim", "distractors", "eval_distractors", "scratchpad", "bridge_rank", "loop_layers",
+                 "warmup_steps", "extra_halt_loops", "early_stop_patience", "weight_decay")
 
 
 def _check_value(name: str, value, where: str) -> None:

@@ -87,7 +87,7 @@ def target_ids_of(examples: list[Example], tokenizer, source: str, max_tokens: i
 
 
 def chain_options(cfg: TrainConfig) -> dict:
-    """The generator options a config implies (chain's order, distractors and vocabulary pools)."""
+    """The generator options a config implies (chain's order, distractors and vocabulary pools; graph's words)."""
     if cfg.task == "graph" and cfg.graph_words != "vocab":
         return {"words": cfg.graph_words, "word_tokens": cfg.target_tokens}
     if cfg.task != "chain":

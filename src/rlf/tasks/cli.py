@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -141,16 +142,12 @@ def _babi(args: argparse.Namespace) -> int:
     examples = []
     for task in tasks:
         reject = _reject_for(args.reject, task, len(tasks))
-        try:
+        with _hint_long_targets("rename multi-token words (--rename hallway=corridor) or skip them "
+                                "(--skip-invalid --reject FILE)"):
             examples += read_babi(
                 args.path, task, args.split, tokenizer,
                 skip_invalid=args.skip_invalid, reject_path=reject, rename=rename,
             )  # fmt: skip
-        except RLFError as e:
-            if "tokens with a leading space" not in str(e):
-                raise
-            hint = "rename multi-token words (--rename hallway=corridor) or skip them (--skip-invalid --reject FILE)"
-            raise RLFError(f"{e}\nhint: {hint}") from None
     write_jsonl(examples, args.output)
     log.info("wrote %d bAbI examples (tasks %s, %s) to %s", len(examples), args.task, args.split, args.output)
     return 0
@@ -160,17 +157,12 @@ def _coconut(args: argparse.Namespace) -> int:
     _check_target_tokens(args.target_tokens)
     _check_reader_args(args)
     tokenizer = _tokenizer(args.base)
-    try:
+    with _hint_long_targets("allow longer targets with --target-tokens K (the run's target_tokens) "
+                            "or skip them (--skip-invalid --reject FILE)"):
         examples = read_coconut(
             args.path, tokenizer, task=args.task, skip_invalid=args.skip_invalid, reject_path=args.reject,
             max_tokens=args.target_tokens,
         )  # fmt: skip
-    except RLFError as e:
-        if "tokens with a leading space" not in str(e):
-            raise
-        hint = ("allow longer targets with --target-tokens K (the run's target_tokens) "
-                "or skip them (--skip-invalid --reject FILE)")
-        raise RLFError(f"{e}\nhint: {hint}") from None
     write_jsonl(examples, args.output)
     log.info("wrote %d examples from %s to %s", len(examples), args.path, args.output)
     return 0
@@ -223,6 +215,17 @@ def _check_output(path: str) -> None:
         raise RLFError(f"-o {path}: the directory {parent} does not exist")
     if Path(path).is_dir():
         raise RLFError(f"-o {path}: is a directory; give a file name")
+
+
+@contextlib.contextmanager
+def _hint_long_targets(hint: str):
+    """A reader's refusal of targets longer than K tokens gets `hint` (what the command offers) appended."""
+    try:
+        yield
+    except RLFError as e:
+        if "tokens with a leading space" not in str(e):
+            raise
+        raise RLFError(f"{e}\nhint: {hint}") from None
 
 
 def _check_target_tokens(k: int) -> None:
