@@ -16,13 +16,14 @@ from rlf.errors import RLFError
 BENCH_PARSERS = [
     "rlf.bench:add_memory_parser",  # rlf bench memory RUN
     "rlf.bench:add_headline_parser",  # rlf bench headline
+    "rlf.bench:add_babi_parser",  # rlf bench babi --data DIR
     "rlf.bench:add_sweep_parser",  # rlf bench sweep SWEEP.yaml
 ]
 
 
 def add_bench_parser(sub) -> None:
     """Add `rlf bench SUBCOMMAND ...` to the top-level subcommands, with every entry of BENCH_PARSERS."""
-    p = sub.add_parser("bench", help="benchmarks (memory per loop, the headline table)")
+    p = sub.add_parser("bench", help="benchmarks (memory per loop, the headline table, the bAbI table)")
     bench_sub = p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
     for entry in BENCH_PARSERS:
         module, func = entry.split(":")
@@ -108,6 +109,40 @@ def cmd_headline(args: argparse.Namespace) -> int:
                            n=args.n_ood, ood_hops=args.ood_hops, preset=args.preset, overrides=args.overrides,
                            distractors=args.distractors, docs=args.docs, quick=args.quick)
     print(f"parts: {res['parts_dir']}\nreport: {res['docs']}\nplot: {res['plot']}")
+    return 0
+
+
+def add_babi_parser(bench_sub) -> None:
+    """`rlf bench babi --data DIR`: train and test on each bAbI task, the table beside the papers' -> docs/babi.md."""
+    p = bench_sub.add_parser(
+        "babi", help="train and test on each bAbI-10k task, write docs/babi.md beside the published MemN2N/EntNet",
+        description="For each task of --tasks: read its train and test files in --data with the bAbI reader (loop "
+                    "targets from the supporting facts; a task it refuses is recorded with the reason), hold out the "
+                    "last 10% of the training stories for validation, train (or reuse, or resume) a run in "
+                    "--out/qaN and measure test error and trace accuracy on the test file. Every task's result is a "
+                    "JSON part committed in --results, keyed by its config, its files, this code and the seed: a part "
+                    "whose key matches is reused without training. --doc is rendered from the parts alone.")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides for every task (as `rlf train`; not train_file/val_file), e.g. max_steps=500")
+    p.add_argument("--data", required=True, help="the folder of the bAbI files, e.g. ../shared/data/babi/en-10k")
+    p.add_argument("--tasks", default="1-20", help="task ids to measure, e.g. 1-3 or 2,19 (default 1-20)")
+    p.add_argument("--preset", default="babi", help="training preset (default: babi, untuned)")
+    p.add_argument("--results", default="docs/babi", help="the folder of the committed parts (default docs/babi)")
+    p.add_argument("--doc", default="docs/babi.md", help="the Markdown table (default docs/babi.md)")
+    p.add_argument("--out", default="runs/babi", help="the run directories, one per task (default runs/babi)")
+    p.add_argument("--render", action="store_true",
+                   help="only write --doc from the committed parts (checked against this command's config and "
+                        "--data): no training")
+    p.set_defaults(func=cmd_babi)
+
+
+def cmd_babi(args: argparse.Namespace) -> int:
+    """Measure the bAbI tasks not yet committed with their key, write the table, print where the files are."""
+    from rlf.bench_babi import run_babi
+
+    res = run_babi(args.data, args.tasks, preset=args.preset, overrides=args.overrides, results=args.results,
+                   doc=args.doc, out=args.out, render=args.render)
+    print(f"parts: {res['results']}\nreport: {res['doc']}")
     return 0
 
 

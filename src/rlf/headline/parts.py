@@ -89,13 +89,19 @@ def provenance(device: torch.device | str, command: str, weights: str | None) ->
             "command": command, "weights": weights}
 
 
+def write_json(path: Path, data: dict) -> None:
+    """A part file (any committed JSON result), written atomically; its folder is made if missing."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(Path(path), json.dumps(data, indent=1) + "\n")
+
+
 def write_part(path: Path, job: Job, kind: str, hops: int | None, key: dict, value: dict, measured: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = {"kind": kind, "hops": hops, "job": job.spec(), "key": key, "measured": measured, "value": value}
-    _write_atomic(path, json.dumps(part, indent=1) + "\n")
+    write_json(path, {"kind": kind, "hops": hops, "job": job.spec(), "key": key, "measured": measured,
+                      "value": value})
 
 
-def _check_fields(data: dict, fields: dict, where: str, prefix: str = "") -> None:
+def check_fields(data: dict, fields: dict, where: str, prefix: str = "") -> None:
+    """Every field of `fields` ({name: type or types}) present in `data` with its type; an error names it."""
     for name, kind in fields.items():
         if name not in data:
             raise RLFError(f"{where}: field `{prefix}{name}` missing")
@@ -104,16 +110,22 @@ def _check_fields(data: dict, fields: dict, where: str, prefix: str = "") -> Non
             raise RLFError(f"{where}: field `{prefix}{name}`: expected {expected}, got {type(data[name]).__name__}")
 
 
-def read_part(path: Path) -> dict:
-    """A part file, checked: an error names the file and the field."""
+def read_json_part(path: Path, fields: dict) -> dict:
+    """A committed JSON result part with `fields` (as `check_fields`): an error names the file and the field."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RLFError(f"{path}: not a readable JSON result part ({e})") from None
     if not isinstance(data, dict):
-        raise RLFError(f"{path}: expected a mapping with {', '.join(PART_FIELDS)}, got {type(data).__name__}")
-    _check_fields(data, PART_FIELDS, str(path))
-    _check_fields(data["measured"], MEASURED_FIELDS, str(path), "measured.")
+        raise RLFError(f"{path}: expected a mapping with {', '.join(fields)}, got {type(data).__name__}")
+    check_fields(data, fields, str(path))
+    return data
+
+
+def read_part(path: Path) -> dict:
+    """A part file, checked: an error names the file and the field."""
+    data = read_json_part(path, PART_FIELDS)
+    check_fields(data["measured"], MEASURED_FIELDS, str(path), "measured.")
     if data["kind"] not in VERSIONS:
         raise RLFError(f"{path}: field `kind`: {data['kind']!r} is not one of {', '.join(VERSIONS)}")
     if (data["hops"] is None) is not (data["kind"] in sum(RUN_KINDS.values(), ())):
@@ -123,7 +135,7 @@ def read_part(path: Path) -> dict:
     unknown = sorted(set(job) - set(JOB_FIELDS))
     if unknown:
         raise RLFError(f"{path}: field `job`: unknown keys {unknown}; valid: {', '.join(JOB_FIELDS)}")
-    _check_fields(job, JOB_FIELDS, str(path), "job.")
+    check_fields(job, JOB_FIELDS, str(path), "job.")
     if job["role"] not in ROLES:
         raise RLFError(f"{path}: field `job.role`: {job['role']!r} is not one of {', '.join(ROLES)}")
     if not all(isinstance(o, str) and "=" in o for o in job["overrides"]):
@@ -136,6 +148,11 @@ def read_part(path: Path) -> dict:
 def stored_key(path: Path) -> dict | None:
     """The key of the part in `path` (None when there is none)."""
     return read_part(path)["key"] if path.is_file() else None
+
+
+def changed_fields(now: dict, stored: dict) -> list[str]:
+    """The fields of a part's key that differ between the key it gets now and the one it was stored with."""
+    return [f for f in dict.fromkeys([*now, *stored]) if now.get(f) != stored.get(f)]
 
 
 @dataclass
@@ -164,7 +181,7 @@ def load_parts(parts_dir: Path, heldout: HeldOut) -> list[Part]:
             job, changed = None, [f"config no longer loads ({e})"]
         else:
             now = part_key(job, data["kind"], data["hops"], heldout)
-            changed = [f for f in dict.fromkeys([*now, *data["key"]]) if now.get(f) != data["key"].get(f)]
+            changed = changed_fields(now, data["key"])
         parts.append(Part(path, data["kind"], data["hops"], data["job"], job, data["key"], data["measured"],
                           data["value"], changed))
     latest: dict[tuple, Part] = {}  # a job measured again with another config: its older parts are superseded

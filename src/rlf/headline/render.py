@@ -146,7 +146,7 @@ def cell(r: dict | None, short: bool = False) -> str:
     return "—" if r is None else fmt_rate(r, short=short)
 
 
-def _seconds(s: float | None) -> str:
+def fmt_seconds(s: float | None) -> str:
     if s is None:
         return "n/a"
     return f"{s:.0f} s ({s / 60:.1f} min)" if s >= 60 else f"{s:.1f} s"
@@ -157,8 +157,8 @@ def steps_cell(t: dict) -> str:
     to, enc = t["to_target"], t.get("encode_cost_seconds")
     if to["step"] is None:
         return "not reached"
-    with_encoding = "" if enc is None else f"; {_seconds(to['train_seconds'] + enc)} with encoding from scratch"
-    return f"{to['step']} ({_seconds(to['train_seconds'])}{with_encoding})"
+    with_encoding = "" if enc is None else f"; {fmt_seconds(to['train_seconds'] + enc)} with encoding from scratch"
+    return f"{to['step']} ({fmt_seconds(to['train_seconds'])}{with_encoding})"
 
 
 def headline_table(proto: Protocol) -> str:
@@ -207,7 +207,7 @@ def headline_table(proto: Protocol) -> str:
                                                               f"({'flat' if m['flat'] else 'GROWS'})"),
             SEEDS["memory_growth"]),
         row(f"steps to {100 * TARGET_ACC:.0f}% val trace acc", run("training", steps_cell), SEEDS["steps_to_target"]),
-        row("training wall time", run("training", lambda t: f"{_seconds(t['train_seconds'])}, {t['steps']} steps "
+        row("training wall time", run("training", lambda t: f"{fmt_seconds(t['train_seconds'])}, {t['steps']} steps "
                                                             f"({t['stopped']})")),
         row("examples/s (training)", run("training", lambda t: f"{t['examples_per_s']:.1f}"),
             SEEDS["examples_per_s"]),

@@ -57,10 +57,11 @@ def read_babi(
     skip_invalid: bool = False,
     reject_path: str | Path | None = None,
     rename: dict[str, str] | None = None,
+    max_tokens: int = 1,
 ) -> list[Example]:
-    """The questions of one bAbI task as examples; malformed lines (and, with a tokenizer, multi-token
-    targets) are an RLFError naming file and line, unless `skip_invalid` writes them to `reject_path`.
-    `rename` replaces whole words everywhere (e.g. `{"hallway": "corridor"}`)."""
+    """The questions of one bAbI task as examples; malformed lines (and, with a tokenizer, targets of more than
+    `max_tokens` tokens: the run's target_tokens) are an RLFError naming file and line, unless `skip_invalid`
+    writes them to `reject_path`. `rename` replaces whole words everywhere (e.g. `{"hallway": "corridor"}`)."""
     file = babi_file(path, task, split)
     text = read_bytes(file).decode("utf-8", errors="replace")
     rename = dict(rename or {})
@@ -124,7 +125,18 @@ def read_babi(
             },
         )
         valid.append((number, example))
-    return accept(finish_check(str(file), valid, errors, lines, tokenizer), skip_invalid, reject_path)
+    return accept(finish_check(str(file), valid, errors, lines, tokenizer, max_tokens=max_tokens), skip_invalid,
+                  reject_path)
+
+
+def split_last_stories(examples: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
+    """(train, validation): the questions of the last `fraction` of the stories (at least one story) are held out.
+    bAbI has no validation split; holding out whole stories keeps a story's questions on one side."""
+    stories = sorted({ex.meta["story"] for ex in examples})
+    if len(stories) < 2:
+        raise RLFError(f"babi: {len(stories)} story; holding out a validation split needs at least 2")
+    held = set(stories[-max(1, round(fraction * len(stories))):])
+    return [ex for ex in examples if ex.meta["story"] not in held], [ex for ex in examples if ex.meta["story"] in held]
 
 
 def _targets(task: int, question: str, answer: str, facts: list[str]) -> list[str] | str:

@@ -49,6 +49,7 @@ def add_data_parser(sub) -> None:
         "--rename", action="append", default=[], metavar="OLD=NEW",
         help="replace a word everywhere, e.g. hallway=corridor (hallway is two SmolLM2 tokens); repeatable",
     )  # fmt: skip
+    p.add_argument("--target-tokens", type=int, default=1, metavar="K", help=TARGET_TOKENS_HELP)
     _add_reader_args(p)
     p.set_defaults(func=_babi)
 
@@ -137,16 +138,18 @@ def _babi(args: argparse.Namespace) -> int:
         if not sep or not old or not new:
             raise RLFError(f"--rename {item!r}: write OLD=NEW, e.g. hallway=corridor")
         rename[old] = new
+    _check_target_tokens(args.target_tokens)
     _check_reader_args(args)
     tokenizer = _tokenizer(args.base)
     examples = []
     for task in tasks:
         reject = _reject_for(args.reject, task, len(tasks))
-        with _hint_long_targets("rename multi-token words (--rename hallway=corridor) or skip them "
-                                "(--skip-invalid --reject FILE)"):
+        with _hint_long_targets("rename multi-token words (--rename hallway=corridor), allow longer targets "
+                                "(--target-tokens K, the run's target_tokens) or skip them (--skip-invalid --reject "
+                                "FILE)"):
             examples += read_babi(
                 args.path, task, args.split, tokenizer,
-                skip_invalid=args.skip_invalid, reject_path=reject, rename=rename,
+                skip_invalid=args.skip_invalid, reject_path=reject, rename=rename, max_tokens=args.target_tokens,
             )  # fmt: skip
     write_jsonl(examples, args.output)
     log.info("wrote %d bAbI examples (tasks %s, %s) to %s", len(examples), args.task, args.split, args.output)
