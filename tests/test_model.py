@@ -247,10 +247,12 @@ def test_ablation_sources():
 
 @pytest.mark.parametrize("core,core_dim,positions", [("mamba2", 0, "none"), ("mamba2", 64, "none"),
                                                     ("transformer", 0, "none"), ("transformer", 0, "rope"),
-                                                    ("transformer", 64, "rope")])
+                                                    ("transformer", 64, "rope"), ("transformer", 0, "conv"),
+                                                    ("transformer", 64, "conv")])
 def test_recall_of_a_remembered_prompt_equals_the_full_pass(core, core_dim, positions):
     """loop_span=answer rests on this: remember(x, last) + recall(memory, x[last]) is forward(x) read at last, for
-    every answer position (including 0: nothing remembered), for a narrow core and with rotary positions."""
+    every answer position (including 0: nothing remembered), for a narrow core, with rotary positions and with the
+    conv (whose window at the answer position holds the prompt's last tokens)."""
     core = build_core(core, D, core_dim=core_dim, positions=positions)
     torch.manual_seed(4)
     with torch.no_grad():
@@ -266,7 +268,8 @@ def test_recall_of_a_remembered_prompt_equals_the_full_pass(core, core_dim, posi
     assert torch.allclose(core.recall(core.remember(x, last), moved[rows, last]), core(moved)[rows, last], atol=1e-5)
 
 
-@pytest.mark.parametrize("core,kw", [("mamba2", {}), ("transformer", {}), ("transformer", {"core_pos": "rope"})])
+@pytest.mark.parametrize("core,kw", [("mamba2", {}), ("transformer", {}), ("transformer", {"core_pos": "rope"}),
+                                     ("transformer", {"core_pos": "conv"})])
 def test_loop_span_answer_loop0_equals_all_later_loops_see_a_fixed_prompt(core, kw):
     """Loop 0 is the same model either way; from loop 1 the answer-only loop differs (its prompt positions no
     longer change), solve agrees with forward, and the batch solves like single examples."""
@@ -312,8 +315,9 @@ def test_loop_span_answer_refuses_what_it_does_not_support(kw):
 
 def test_transformer_core_attention_is_torchs_layer_and_rope_makes_it_see_order():
     """The core computes attention from each nn.TransformerEncoderLayer's own projections (so that it can rotate
-    them): without positions that equals torch's layer stack; with core_pos=rope the last position tells the order
-    of two earlier tokens apart, which a one-layer position-free core cannot (its last output sees a set)."""
+    them): without positions that equals torch's layer stack; with core_pos=rope, or conv (position 5 is in the last
+    position's window), the last position tells the order of two earlier tokens apart, which a one-layer
+    position-free core cannot (its last output sees a set)."""
     from rlf.cores.transformer import TransformerCore
 
     torch.manual_seed(5)
@@ -327,9 +331,9 @@ def test_transformer_core_attention_is_torchs_layer_and_rope_makes_it_see_order(
     assert torch.allclose(plain(x), torchs, atol=1e-5)
     swapped = x.clone()
     swapped[:, [2, 5]] = x[:, [5, 2]]
-    for positions, differs in (("none", False), ("rope", True)):
+    for positions, differs in (("none", False), ("rope", True), ("conv", True)):
         core = TransformerCore(D, n_layers=1, positions=positions)
-        core.load_state_dict(TransformerCore(D, n_layers=1).state_dict() | {
+        core.load_state_dict(core.state_dict() | {
             k: v for k, v in plain.state_dict().items() if k.startswith(("norm", "out_proj", "encoder.layers.0"))})
         moved = (core(x)[:, -1] - core(swapped)[:, -1]).abs().max()
         assert (moved > 1e-3) == differs, (positions, float(moved))

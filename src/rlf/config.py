@@ -54,7 +54,7 @@ class TrainConfig:
     bridge_rank: int = 0
     core_dim: int = 0  # the core's width: 0 = the base's; k < d loops a k-wide core between d->k and k->d maps
     loop_span: Literal["all", "answer"] = "all"  # each loop updates every position, or the answer one (mamba2, transformer)
-    core_pos: Literal["none", "rope"] = "none"  # transformer core: rotary positions over the prompt tokens
+    core_pos: Literal["none", "rope", "conv"] = "none"  # transformer core: rotary positions, or a causal conv of width 4
     target_tokens: int = 1  # K: a loop target may be a word of up to K base tokens, read from K slots (1 = one token)
     feedback: Literal["state", "pointer"] = "state"  # loop k >= 1 starts from the last state, or its word's prompt key
     chunk_size: int = 64

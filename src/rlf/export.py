@@ -44,7 +44,7 @@ def check_exportable(cfg, base_type: str) -> None:
         raise RLFError(f"rlf export: loop_span={cfg.loop_span} is not supported by the C runtime, which loops every "
                        "position; export a model trained with loop_span=all")
     if cfg.core_pos != "none":
-        raise RLFError(f"rlf export: core_pos={cfg.core_pos} (rotary attention in the core) is not supported by the C "
+        raise RLFError(f"rlf export: core_pos={cfg.core_pos} (token positions in the core) is not supported by the C "
                        "runtime; export a model trained with core_pos=none")
     if cfg.target_tokens != 1:
         raise RLFError(f"rlf export: target_tokens={cfg.target_tokens} (multi-token loop targets, K read-out slots) is "

@@ -50,14 +50,14 @@ class RLFConfig:
     lora_rank: int = 8  # the seeds' rank-8 LoRA
     lora_alpha: float = 16.0
     loop_span: Literal["all", "answer"] = "all"  # what each loop updates; see RLFModel._loop
-    core_pos: Literal["none", "rope"] = "none"  # token positions inside the core: rotary attention (transformer only)
+    core_pos: Literal["none", "rope", "conv"] = "none"  # token positions in the core: rotary attention or a width-4 causal conv (transformer only)
     target_tokens: int = 1  # K read-out slots per loop: a loop target may be a word of up to K base tokens
     feedback: Literal["state", "pointer"] = "state"  # what loop k >= 1 starts from; see RLFModel.pointer_key
 
     def __post_init__(self):
         for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
                             ("loop_pos", ("rope", "learned", "none")), ("loop_span", ("all", "answer")),
-                            ("core_pos", ("none", "rope")), ("feedback", ("state", "pointer"))):
+                            ("core_pos", ("none", "rope", "conv")), ("feedback", ("state", "pointer"))):
             if getattr(self, name) not in valid:
                 raise RLFError(f"model.{name}={getattr(self, name)!r}: use one of {', '.join(valid)}")
         if self.target_tokens < 1:
