@@ -50,7 +50,7 @@ class RLFConfig:
     lora_rank: int = 8  # the seeds' rank-8 LoRA
     lora_alpha: float = 16.0
     loop_span: Literal["all", "answer"] = "all"  # what each loop updates; see RLFModel._loop
-    core_pos: Literal["none", "rope", "conv"] = "none"  # token positions in the core: rotary attention or a width-4 causal conv (transformer only)
+    core_pos: Literal["none", "rope", "conv"] = "none"  # transformer only: rotary attention, or a width-4 causal conv
     target_tokens: int = 1  # K read-out slots per loop: a loop target may be a word of up to K base tokens
     feedback: Literal["state", "pointer"] = "state"  # what loop k >= 1 starts from; see RLFModel.pointer_key
 

@@ -6,11 +6,23 @@ Every contact with transformers' mixer internals lives in the one file of that c
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rlf.errors import RLFError
 
 CORES = ("mamba2", "transformer", "mamba1")
+
+
+def causal_conv(x: torch.Tensor, w: torch.Tensor, tail: torch.Tensor | None = None):
+    """A causal depthwise convolution of x (B, T, C) by w (C, K) (tap K - 1 multiplies the current position) as K
+    shifted multiply-adds: mkldnn's depthwise conv1d backward alone cost ~6% of a training step (torch.profiler,
+    default preset). `tail` (B, K - 1, C): the inputs before x (zeros when None). Returns the padded input
+    (B, K - 1 + T, C) and the convolution (B, T, C)."""
+    K, T = w.shape[1], x.shape[1]
+    padded = F.pad(x, (0, 0, K - 1, 0)) if tail is None else torch.cat([tail, x], 1)
+    return padded, sum(padded[:, k : k + T] * w[:, k] for k in range(K))
 
 
 class NarrowCore(nn.Module):

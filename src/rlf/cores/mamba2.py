@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlf.cores import causal_conv
+
 D_STATE, EXPAND, HEAD_DIM = 64, 2, 64
 
 
@@ -82,12 +84,7 @@ def scan_inputs(m, h: torch.Tensor, tail: torch.Tensor | None = None, gate: bool
         rows = slice(m.intermediate_size, None)
         bias = None if m.in_proj.bias is None else m.in_proj.bias[rows]
         gate, (xBC, dt) = None, F.linear(h, m.in_proj.weight[rows], bias).split([m.conv_dim, m.num_heads], dim=-1)
-    # the causal depthwise convolution as K shifted multiply-adds: mkldnn's depthwise conv1d backward alone
-    # cost ~6% of a training step (torch.profiler, default preset)
-    K = m.conv_kernel_size
-    w = m.conv1d.weight[:, 0, :]  # (conv_dim, K); tap K-1 multiplies the current position
-    padded = F.pad(xBC, (0, 0, K - 1, 0)) if tail is None else torch.cat([tail, xBC], 1)  # (B, K-1+T, conv_dim)
-    conv = sum(padded[:, k : k + T] * w[:, k] for k in range(K))
+    padded, conv = causal_conv(xBC, m.conv1d.weight[:, 0, :], tail)  # (B, K-1+T, conv_dim), (B, T, conv_dim)
     xBC = m.act(conv + m.conv1d.bias if m.conv1d.bias is not None else conv)  # (B, T, conv_dim)
     xs, Bm, Cm = xBC.split([m.intermediate_size, m.n_groups * m.ssm_state_size, m.n_groups * m.ssm_state_size], -1)
     g = m.num_heads // m.n_groups

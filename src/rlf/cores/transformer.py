@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlf.cores import causal_conv
 from rlf.cores.rotary import rotate
 
 POSITIONS = ("none", "rope", "conv")
@@ -50,7 +51,7 @@ class TransformerCore(nn.Module):
         """The causal pass over x (B, T, d); with keep, also every layer's keys and values."""
         B, T, d = x.shape
         position = torch.arange(T, device=x.device)
-        h, keys, values = self._conv(F.pad(x, (0, 0, CONV_K - 1, 0))), [], []
+        h, keys, values = self._conv(x), [], []
         for layer in self.encoder.layers:
             q, k, v = self._qkv(layer, h, position)
             if keep:
@@ -61,15 +62,11 @@ class TransformerCore(nn.Module):
             h = h + layer._ff_block(layer.norm2(h))
         return h, keys, values
 
-    def _conv(self, padded: torch.Tensor) -> torch.Tensor:
-        """positions="conv": x + a causal depthwise convolution of x, from `padded` (B, CONV_K - 1 + T, d), x behind
-        the CONV_K - 1 inputs before it, so each position's input also holds its neighbours' (a statement's name
+    def _conv(self, x: torch.Tensor, tail: torch.Tensor | None = None) -> torch.Tensor:
+        """positions="conv": x (B, T, d) plus its causal depthwise convolution (`tail`, (B, CONV_K - 1, d): the
+        inputs before x, zeros when None), so each position's input also holds its neighbours' (a statement's name
         beside its value, which the frozen encoder does not bind). Otherwise x itself."""
-        x = padded[:, CONV_K - 1 :]
-        if self.positions != "conv":
-            return x
-        T = x.shape[1]
-        return x + sum(padded[:, k : k + T] * self.conv[:, k] for k in range(CONV_K))
+        return x + causal_conv(x, self.conv, tail)[1] if self.positions == "conv" else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out_proj(self.norm(self._layers(x)[0]))  # (B, T, d)
@@ -81,16 +78,18 @@ class TransformerCore(nn.Module):
         if rows is not None:
             keys, values = [k[rows] for k in keys], [v[rows] for v in values]
         before = torch.arange(x.shape[1], device=x.device)[None, :] < last[:, None]  # (Q, T)
-        back = last[:, None] - CONV_K + 1 + torch.arange(CONV_K - 1, device=x.device)  # (Q, K - 1): the conv's window
-        rows = torch.arange(len(last), device=x.device) if rows is None else rows
-        tail = x[rows[:, None], back.clamp(min=0)] * (back >= 0)[..., None]  # zeros before the sequence's start
-        return {"keys": keys, "values": values, "before": before, "last": last, "tail": tail}
+        memory = {"keys": keys, "values": values, "before": before, "last": last}
+        if self.positions == "conv":  # the answer position's window: the CONV_K - 1 inputs before it
+            back = last[:, None] - CONV_K + 1 + torch.arange(CONV_K - 1, device=x.device)  # (Q, K - 1)
+            rows = torch.arange(len(last), device=x.device) if rows is None else rows
+            memory["tail"] = x[rows[:, None], back.clamp(min=0)] * (back >= 0)[..., None]  # zeros before the start
+        return memory
 
     def recall(self, memory: dict, a: torch.Tensor) -> torch.Tensor:
         """The update at the answer position for its input a (B, d): it attends to the remembered positions and
         itself, as position `last` of `forward` does."""
         B = a.shape[0]
-        h = self._conv(torch.cat([memory["tail"], a[:, None]], 1))[:, 0]
+        h = self._conv(a[:, None], memory.get("tail"))[:, 0]
         for layer, k_mem, v_mem in zip(self.encoder.layers, memory["keys"], memory["values"]):
             q, k, v = self._qkv(layer, h[:, None], memory["last"][:, None])  # (B, heads, 1, head_dim)
             keys, values = torch.cat([k_mem, k], 2), torch.cat([v_mem, v], 2)  # (B, heads, T + 1, head_dim)
