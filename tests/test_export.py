@@ -313,8 +313,7 @@ def test_runtime_refuses_bad_options(runtime, exported):
 @pytest.mark.parametrize("overrides,expect", [(["core=mamba1"], "core=mamba1"), (["base=tiny-gpt2"], "tiny-gpt2"),
                                               (["base=tiny-mamba2"], "tiny-mamba2"),
                                               (["loop_span=answer"], "loop_span=answer"),
-                                              (["core=transformer", "core_pos=rope"], "core_pos=rope"),
-                                              (["token_rows=true"], "token_rows=true")])
+                                              (["core=transformer", "core_pos=rope"], "core_pos=rope")])
 def test_export_refuses_what_the_runtime_lacks(tmp_path, capsys, overrides, expect):
     run = tmp_path / "run"
     run.mkdir()

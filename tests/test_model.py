@@ -402,29 +402,6 @@ def test_pointer_feedback_queries_loop_like_the_rows_they_cut():
                                model(x[rows], lengths, 3, prompt_ids=cut), atol=1e-5, rtol=1e-5)
 
 
-def test_token_rows_add_each_prompt_tokens_normalised_head_row():
-    """token_rows: position t's encoding gains gate * head[id_t] / rms(head[id_t]), nothing past a prompt's end; the
-    loop's logits then depend on which token sits where (not only on the encodings), and forward refuses no ids."""
-    model = make(loop_span="answer", core="transformer", core_pos="conv", token_rows=True)
-    perturb(model)
-    x, lengths = prompts()
-    ids = torch.randint(0, V, (4, 12), generator=torch.Generator().manual_seed(5))
-    ids[torch.arange(12)[None, :] >= lengths[:, None]] = -1
-    got = model.with_token_rows(x, ids)
-    row = model.lm_head[ids[1, 4]]
-    torch.testing.assert_close(got[1, 4], x[1, 4] + model.token_gate * row / (row.pow(2).mean() + 1e-6).sqrt(),
-                               atol=1e-5, rtol=1e-5)
-    assert torch.equal(got[3, 1:], x[3, 1:])  # prompt 3 is 1 token long
-    other = ids.clone()
-    other[1, 4] = (ids[1, 4] + 1) % V
-    assert not torch.allclose(model(x, lengths, 3, prompt_ids=ids)[1], model(x, lengths, 3, prompt_ids=other)[1])
-    torch.testing.assert_close(model(x, lengths, 3, prompt_ids=ids)[0], model(x, lengths, 3, prompt_ids=other)[0])
-    with pytest.raises(RLFError, match="token_rows=true .* prompt_ids"):
-        model(x, lengths, 2)
-    plain = make(loop_span="answer", core="transformer", core_pos="conv")
-    assert plain.with_token_rows(x, ids) is x and not plain.needs_ids and model.needs_ids
-
-
 def test_pointer_feedback_refusals():
     with pytest.raises(RLFError, match="feedback=pointer .* loop_span=answer"):
         RLFConfig(d_model=D, vocab_size=V, feedback="pointer")

@@ -93,22 +93,6 @@ def test_pointer_feedback_trains_through_chains_and_task_and_evaluates(tmp_path,
     assert scored["k"] == round(summary["val_trace_acc"] * 32), (scored, summary)
 
 
-def test_token_rows_train_through_the_warm_ups_and_task_and_evaluate(tmp_path, tiny_llama):
-    """token_rows takes the prompts' ids in every phase (copy and lookup warm-ups, the task), reloads, solves, and
-    is evaluated with them; its gate trains."""
-    cfg = tiny_cfg(tmp_path, "loop_span=answer", "core=transformer", "core_pos=conv", "token_rows=true",
-                   "lifeline=none", "loop_pos=none", "order=backward", "distractors=1", "n_train=256", "n_val=16",
-                   "max_steps=30", "val_every=30", "ckpt_every=30",
-                   "phases=[{name: readout, steps: 10, overrides: {supervision: copy, copy_positions: 4}}, "
-                   "{name: lookup, steps: 10, overrides: {supervision: lookup}}, {name: main}]")
-    train(cfg, tmp_path / "run", progress=False, base=tiny_llama)
-    run = load_run(tmp_path / "run", base=tiny_llama)
-    assert run.model.cfg.token_rows and not torch.equal(run.model.token_gate, torch.ones_like(run.model.token_gate))
-    assert run.solve(["K = moon. P = K. What is P?"], max_loops=4)[0]
-    result = evaluate(tmp_path / "run", run=run, hops="1-2", n=4, ablations="", progress=False, write=False)
-    assert result["splits"]["in-distribution"]["n"] == 8
-
-
 def test_train_or_reuse_reads_a_config_saved_before_a_key_existed(tmp_path, monkeypatch):
     cfg = load_config("tiny", [])
     saved = cfg.to_dict()

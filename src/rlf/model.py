@@ -53,7 +53,6 @@ class RLFConfig:
     core_pos: Literal["none", "rope", "conv"] = "none"  # transformer only: rotary attention, or a width-4 causal conv
     target_tokens: int = 1  # K read-out slots per loop: a loop target may be a word of up to K base tokens
     feedback: Literal["state", "pointer"] = "state"  # what loop k >= 1 starts from; see RLFModel.pointer_key
-    token_rows: bool = False  # add each prompt token's head row to its encoding; see RLFModel.with_token_rows
 
     def __post_init__(self):
         for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
@@ -127,8 +126,6 @@ class RLFModel(nn.Module):
         else:
             self.register_buffer("lm_head", lm_head.detach().float(), persistent=False)
         self.halt_row = nn.Parameter(lm_head.detach().float().mean(0, keepdim=True).clone())  # (1, d)
-        if cfg.token_rows:
-            self.token_gate = nn.Parameter(torch.ones(d))
         if cfg.target_tokens > 1:  # slot k reads h + slot_maps[k - 1] h: zero, so every slot starts as slot 0 reads
             self.slot_maps = nn.Parameter(torch.zeros(cfg.target_tokens - 1, d, d))  # (K - 1, d, d), no RNG drawn
         if cfg.loop_layers:  # last, so the other parameters draw the same random numbers with or without it
@@ -167,26 +164,6 @@ class RLFModel(nn.Module):
             w = word.gather(1, ids.clamp_min(0)) * valid
         w = w.to(x_prompt.dtype)
         return torch.einsum("bt,btd->bd", w / w.sum(1, keepdim=True).clamp_min(1e-9), x_prompt)
-
-    @property
-    def needs_ids(self) -> bool:
-        """Whether the model takes the prompts' token ids beside their encodings (`prompt_ids`)."""
-        return self.cfg.feedback == "pointer" or self.cfg.token_rows
-
-    def with_token_rows(self, x_prompt: torch.Tensor, prompt_ids: torch.Tensor | None) -> torch.Tensor:
-        """token_rows: each prompt position's encoding (B, T, d) plus its token's head row, RMS-normalised, times a
-        learned per-channel gate (init 1). A loop that has found a statement must name its word through the head;
-        the frozen encoder's state of a rare word reads out as a near neighbour (affiliate -> associate, session 19),
-        the head row is the word's exact identity in the head's own coordinates. Positions past a prompt's end
-        (prompt_ids -1) get nothing. Without token_rows, x_prompt itself."""
-        if not self.cfg.token_rows:
-            return x_prompt
-        if prompt_ids is None:
-            raise RLFError("token_rows=true adds each prompt token's head row: pass prompt_ids (B, T)")
-        ids = prompt_ids[:, : x_prompt.shape[1]].to(x_prompt.device)
-        rows = self.lm_head[ids.clamp_min(0)]  # (B, T, d)
-        rows = rows * torch.rsqrt(rows.pow(2).mean(-1, keepdim=True) + 1e-6) * (ids >= 0)[..., None]
-        return x_prompt + (self.token_gate * rows).to(x_prompt.dtype)
 
     def slots(self, h: torch.Tensor) -> torch.Tensor:
         """The K read-out states (..., K, d) of answer states h (..., d): slot 0 is h, slot k is h + slot_maps[k-1] h;
@@ -283,7 +260,6 @@ class RLFModel(nn.Module):
         of loop k - 1's own softmax."""
         if rows is not None and prompt_mode != "intact":
             raise RLFError(f"prompt_mode={prompt_mode} perturbs whole prompts, not queries (rows)")
-        x_prompt = self.with_token_rows(x_prompt, prompt_ids)
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
         state, step, read = self._loop(x_prompt, lengths, source, gate_scale, rows)
         feed = self._feed(x_prompt, lengths, prompt_ids, rows)
@@ -336,7 +312,6 @@ class RLFModel(nn.Module):
         if (loop_offset or loop_clamp is not None) and self.cfg.loop_pos == "none":
             raise RLFError("loop_offset/loop_clamp move the loop position, and this model has none (loop_pos=none)")
         max_loops = max_loops or SOLVE_LOOPS
-        x_prompt = self.with_token_rows(x_prompt, prompt_ids)
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
         state, step, read = self._loop(x_prompt, lengths, source, gate_scale)
         feed = self._feed(x_prompt, lengths, prompt_ids)
@@ -386,8 +361,7 @@ def word_of(slot_ids: torch.Tensor, halt_id: int) -> torch.Tensor:
 
 
 def copy_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, token_ids: torch.Tensor,
-              starts: torch.Tensor, uniform: torch.Tensor, prompt_ids: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, dict]:
+              starts: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """The read-out warm-up (supervision=copy): one loop step over the prompt, then the head at k positions per prompt
     (`uniform` (B, k), numbers in [0, 1) that pick them, with replacement) must name the token at that position. It
     teaches the core and norm to turn a prompt word's state into that word's head row, for every word of every prompt.
@@ -397,16 +371,13 @@ def copy_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, to
     pos = (uniform * lengths[:, None].float()).long()  # (B, k), < length
     ids = token_ids[starts[:, None] + pos]  # (B, k)
     rows = torch.arange(B)[:, None].expand(B, k)
-    return position_loss(model, x_prompt, lengths, rows.reshape(-1), pos.reshape(-1), ids.reshape(-1), prompt_ids)
+    return position_loss(model, x_prompt, lengths, rows.reshape(-1), pos.reshape(-1), ids.reshape(-1))
 
 
 def position_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor,
-                  pos: torch.Tensor, ids: torch.Tensor, prompt_ids: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, dict]:
+                  pos: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """One loop step over every prompt position, then the head at the pairs (rows[j], pos[j]) (each (N,)) must name
-    ids[j]: the dense targets of the copy and lookup warm-ups (supervision=copy, supervision=lookup). `prompt_ids`
-    (B, T): the prompts' token ids, for a model that takes them (token_rows)."""
-    x_prompt = model.with_token_rows(x_prompt, prompt_ids)
+    ids[j]: the dense targets of the copy and lookup warm-ups (supervision=copy, supervision=lookup)."""
     x, _ = model._start(x_prompt, lengths)
     x = model.step(x, x_prompt, 0)
     h = x[rows.to(x.device), pos.to(x.device) + model.cfg.scratchpad]  # (N, d)
@@ -424,7 +395,7 @@ def chain_loss(model: RLFModel, x_prompt: torch.Tensor, rows: torch.Tensor, pos:
     encoder's states of a prefix are the prompt's), looped as the task is, its loops supervised by targets (Q, L);
     feedback=pointer takes the prompts' ids and is teacher-forced with those targets."""
     x = x_prompt[:, : int(pos.max()) + 1]
-    teacher = targets if model.cfg.feedback == "pointer" else None
+    teacher = None if prompt_ids is None else targets
     return loop_loss(model(x, pos.to(x.device) + 1, targets.shape[1], rows=rows.to(x.device), prompt_ids=prompt_ids,
                            teacher=teacher), targets)
 
