@@ -410,3 +410,76 @@ def test_pointer_feedback_refusals():
     model, x, lengths, _ = pointer_setup()
     with pytest.raises(RLFError, match="prompt_ids"):
         model(x, lengths, 2)
+
+
+def copy_setup(seed=1, **kw):
+    """A perturbed readout=copy model, prompts and their ids (ids < 20, -1 past each end)."""
+    model = make(readout="copy", **kw)
+    perturb(model)
+    x, lengths = prompts(seed)
+    ids = torch.randint(0, 20, (4, 12), generator=torch.Generator().manual_seed(seed))
+    ids[torch.arange(12)[None, :] >= lengths[:, None]] = -1
+    return model, x, lengths, ids
+
+
+def test_copy_readout_mixes_the_head_with_pointing_at_prompt_words():
+    """The read-out is log((1 - g) softmax(head) + g copy): a distribution; with the gate shut it is the head's, with
+    it open the attention over the prompt's own positions summed per token id (none past a prompt's end, no <HALT>)."""
+    model, x, lengths, ids = copy_setup()
+    h = torch.randn(4, 3, D)
+    context = model.copy_context(x, lengths, ids)
+    out = model.read_out(h, context)
+    assert out.shape == (4, 3, V + 1)
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(4, 3))
+    with torch.no_grad():
+        model.copy_gate.bias.fill_(-60.0)
+    torch.testing.assert_close(model.read_out(h, context), model.head(h).log_softmax(-1), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        model.copy_gate.bias.fill_(60.0)
+    with torch.no_grad():
+        p = model.read_out(h, context).exp()
+        keys = model.copy_key(torch.nn.functional.rms_norm(x, (D,)))
+        for b in range(4):
+            n = int(lengths[b])
+            attn = (model.copy_query(h[b]) @ keys[b, :n].T / 128 ** 0.5).softmax(-1)  # (3, n)
+            want = torch.zeros(3, V + 1).index_add_(1, ids[b, :n], attn)
+            torch.testing.assert_close(p[b], want, atol=1e-6, rtol=1e-4)
+    assert float(p[..., V].max()) < 1e-6  # <HALT> is the head's alone
+    assert float(p[..., 20:].sum()) < 1e-5  # only the prompts' words
+
+
+def test_copy_readout_through_forward_solve_queries_and_gradients():
+    """forward and solve read every loop through the copy read-out, queries point into the rows they cut, and the
+    gradient reaches the query, key and gate."""
+    model, x, lengths, ids = copy_setup(loop_span="answer")
+    got = model(x, lengths, 3, prompt_ids=ids)
+    state, step, read = model._loop(x, lengths, x)
+    context = model.copy_context(x, lengths, ids)
+    want = []
+    for k in range(3):
+        state = step(state, k)
+        want.append(model.read_out(read(state), context))
+    torch.testing.assert_close(got, torch.stack(want, 1))
+    out = model.solve(x, lengths, 3, min_loops=3, prompt_ids=ids)
+    assert torch.equal(out["tokens"][:, 0], got[:, 0].argmax(-1))
+    rows, cut_len = torch.tensor([0, 0, 1, 3, 2]), torch.tensor([4, 12, 9, 1, 5])
+    cut = ids[rows].masked_fill(torch.arange(12)[None, :] >= cut_len[:, None], -1)
+    torch.testing.assert_close(model(x, cut_len, 3, rows=rows, prompt_ids=ids),
+                               model(x[rows], cut_len, 3, prompt_ids=cut), atol=1e-5, rtol=1e-5)
+    loss, _ = loop_loss(got, torch.randint(0, 20, (4, 3)))
+    loss.backward()
+    for name in ("copy_query.weight", "copy_key.weight", "copy_gate.weight", "copy_gate.bias"):
+        assert float(dict(model.named_parameters())[name].grad.abs().sum()) > 0, name
+
+
+def test_copy_readout_refusals_and_a_head_model_is_unchanged():
+    with pytest.raises(RLFError, match="readout=copy .* target_tokens=1"):
+        RLFConfig(d_model=D, vocab_size=V, readout="copy", target_tokens=2)
+    with pytest.raises(RLFError, match="readout='pointing'"):
+        RLFConfig(d_model=D, vocab_size=V, readout="pointing")
+    model, x, lengths, _ = copy_setup()
+    with pytest.raises(RLFError, match="prompt_ids"):
+        model(x, lengths, 2)
+    plain, copying = make(), make(readout="copy")  # the copy parameters come last: the rest draw the same numbers
+    for name, p in plain.named_parameters():
+        assert torch.equal(p, dict(copying.named_parameters())[name]), name
