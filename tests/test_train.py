@@ -93,30 +93,6 @@ def test_pointer_feedback_trains_through_chains_and_task_and_evaluates(tmp_path,
     assert scored["k"] == round(summary["val_trace_acc"] * 32), (scored, summary)
 
 
-def test_copy_readout_trains_through_every_warmup_and_the_task_and_evaluates(tmp_path, tiny_llama):
-    """readout=copy takes the prompts' ids through the copy and lookup warm-ups and the task, learns (the copy
-    warm-up's loss falls), reloads with its copy parameters, solves and evaluates; export refuses it."""
-    from rlf.export import check_exportable
-
-    cfg = tiny_cfg(tmp_path, "loop_span=answer", "feedback=pointer", "lifeline=none", "loop_pos=none",
-                   "readout=copy", "order=backward", "distractors=1", "n_train=256", "n_val=16", "max_steps=30", "log_every=1",
-                   "val_every=30", "ckpt_every=30", "phases=[{name: copy, steps: 10, overrides: {supervision: copy}}, "
-                   "{name: look, steps: 10, overrides: {supervision: lookup}}, {name: main}]")
-    train(cfg, tmp_path / "run", progress=False, base=tiny_llama)
-    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    copying = [r["loss"] for r in records if r.get("phase") == "copy" and "loss" in r]
-    assert copying[-1] < copying[0], copying
-    assert {r.get("phase") for r in records if "loss" in r} == {"copy", "look", "main"}
-    run = load_run(tmp_path / "run", base=tiny_llama)
-    assert run.model.cfg.readout == "copy" and hasattr(run.model, "copy_query")
-    assert run.solve(["K = moon. P = K. What is P?"], max_loops=4)[0]
-    result = evaluate(tmp_path / "run", run=run, hops="1-2", n=4, ablations="", progress=False, write=False)
-    assert result["splits"]["in-distribution"]["n"] == 8
-    with pytest.raises(RLFError, match="readout=copy"):
-        check_exportable(run.config.__class__(**{**run.config.to_dict(), "loop_span": "all", "feedback": "state",
-                                                  "lifeline": "vector"}), "llama")
-
-
 def test_train_or_reuse_reads_a_config_saved_before_a_key_existed(tmp_path, monkeypatch):
     cfg = load_config("tiny", [])
     saved = cfg.to_dict()

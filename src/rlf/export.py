@@ -50,9 +50,6 @@ def check_exportable(cfg, base_type: str) -> None:
         raise RLFError(f"rlf export: target_tokens={cfg.target_tokens} (multi-token loop targets, K read-out slots) is "
                        "not supported by the C runtime, which reads one token per loop; export a model trained with "
                        "target_tokens=1")
-    if cfg.readout != "head":
-        raise RLFError(f"rlf export: readout={cfg.readout} (a copy of prompt words mixed into the head) is not "
-                       "supported by the C runtime; export a model trained with readout=head")
     if base_type != "llama":
         raise RLFError(f"rlf export: base={cfg.base} is a {base_type} model; the C runtime runs Llama bases only "
                        "(smollm2-135m, tiny-llama, or another Llama checkpoint)")

@@ -29,7 +29,6 @@ from rlf.cores import build_core
 from rlf.cores.rotary import rotate
 from rlf.errors import RLFError
 
-COPY_DIM = 128  # readout=copy: the width of the query and key that point at a prompt position
 IGNORE = -100  # a target slot the loss skips (F.cross_entropy's ignore_index)
 SOLVE_LOOPS = 64  # the default loop limit of `solve`: enough for 62 hops (62 pointers, the answer, <HALT>)
 
@@ -54,13 +53,11 @@ class RLFConfig:
     core_pos: Literal["none", "rope", "conv"] = "none"  # transformer only: rotary attention, or a width-4 causal conv
     target_tokens: int = 1  # K read-out slots per loop: a loop target may be a word of up to K base tokens
     feedback: Literal["state", "pointer"] = "state"  # what loop k >= 1 starts from; see RLFModel.pointer_key
-    readout: Literal["head", "copy"] = "head"  # the head alone, or mixed with a copy of a prompt word; see copy_mix
 
     def __post_init__(self):
         for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
                             ("loop_pos", ("rope", "learned", "none")), ("loop_span", ("all", "answer")),
-                            ("core_pos", ("none", "rope", "conv")), ("feedback", ("state", "pointer")),
-                            ("readout", ("head", "copy"))):
+                            ("core_pos", ("none", "rope", "conv")), ("feedback", ("state", "pointer"))):
             if getattr(self, name) not in valid:
                 raise RLFError(f"model.{name}={getattr(self, name)!r}: use one of {', '.join(valid)}")
         if self.target_tokens < 1:
@@ -71,9 +68,6 @@ class RLFConfig:
         if self.feedback == "pointer" and (self.loop_span != "answer" or self.target_tokens != 1):
             raise RLFError(f"feedback=pointer replaces the answer state with one word's key: it needs loop_span=answer "
                            f"and target_tokens=1 (this model has loop_span={self.loop_span}, "
-                           f"target_tokens={self.target_tokens})")
-        if self.readout == "copy" and self.target_tokens != 1:
-            raise RLFError(f"readout=copy names one prompt token per loop: it needs target_tokens=1 (this model has "
                            f"target_tokens={self.target_tokens})")
         if self.loop_span == "answer":
             clash = [k for k in ("scratchpad", "loop_layers") if getattr(self, k)]
@@ -139,12 +133,6 @@ class RLFModel(nn.Module):
             if n != cfg.loop_layers:
                 raise ValueError(f"loop_layers={cfg.loop_layers} needs that many base layers (upper_layers), got {n}")
             self.looped_layers = with_lora(upper_layers, cfg.lora_rank, cfg.lora_alpha)
-        if cfg.readout == "copy":  # last too: a model without it draws the same random numbers as before
-            self.copy_query = nn.Linear(d, COPY_DIM, bias=False)
-            self.copy_key = nn.Linear(d, COPY_DIM, bias=False)
-            self.copy_key.weight.data.copy_(self.copy_query.weight.data)  # scores start as a similarity of h and x_t
-            self.copy_gate = nn.Linear(d, 1)
-            nn.init.zeros_(self.copy_gate.bias)
 
     @property
     def halt_id(self) -> int:
@@ -158,56 +146,6 @@ class RLFModel(nn.Module):
         # two products, not one over cat([lm_head, halt_row]): the cat copies the vocabulary matrix every call and,
         # as it requires grad, autograd would form the full (V, d) weight gradient only to keep its last row
         return torch.cat([F.linear(h, self.lm_head), F.linear(h, self.halt_row)], -1)  # (..., V + 1)
-
-    @property
-    def needs_ids(self) -> bool:
-        """Whether the model takes the prompts' token ids beside their encodings (`prompt_ids`)."""
-        return self.cfg.feedback == "pointer" or self.cfg.readout == "copy"
-
-    def copy_context(self, x_prompt: torch.Tensor, lengths: torch.Tensor, prompt_ids: torch.Tensor | None,
-                     rows: torch.Tensor | None = None):
-        """readout=copy: what `read_out` points into, built once per batch: each prompt position's key (B, T, c),
-        its token id (B, T) and whether it is inside the prompt (B, T); with `rows` (Q,), query j's are prompt
-        rows[j]'s cut to lengths[j]. None for readout=head."""
-        if self.cfg.readout != "copy":
-            return None
-        if prompt_ids is None:
-            raise RLFError("readout=copy points at prompt words: pass prompt_ids (B, T)")
-        T = x_prompt.shape[1]
-        ids = prompt_ids[:, :T].to(x_prompt.device)
-        if rows is not None:
-            x_prompt, ids = x_prompt[rows], ids[rows.to(ids.device)]
-        valid = (ids >= 0) & (torch.arange(T, device=ids.device)[None, :] < lengths[:, None].to(ids.device))
-        keys = self.copy_key(F.rms_norm(x_prompt.float(), (x_prompt.shape[-1],)))
-        return keys, ids.clamp_min(0), valid
-
-    def read_out(self, h: torch.Tensor, context=None) -> torch.Tensor:
-        """Logits (B, ..., V + 1) of answer states h (B, ..., d): the head's, or with readout=copy (`context` from
-        `copy_context`) the log of a mixture, p = (1 - g) softmax(head(h)) + g copy(h), where copy(h) spreads an
-        attention of h over its prompt's positions onto their token ids and g = sigmoid(w . h + b) is learned per
-        state (a pointer-generator read-out, See et al. 2017). A loop that has found a statement names its word by
-        pointing at it among the prompt's ~20-80 positions instead of reproducing the word's row among the
-        vocabulary's 49,152: session 20 found the head's read-out of rare value words the slow, seed-dependent part
-        of pointer chasing (near-neighbour words at p 0.01-0.13). <HALT> comes from the head alone. The log
-        probabilities are logits as every consumer takes them (softmax gives p back; cross-entropy is p's NLL)."""
-        logits = self.head(h)
-        if context is None:
-            return logits
-        keys, ids, valid = context
-        B, T, c = keys.shape
-        flat = h.reshape(B, -1, h.shape[-1]).float()  # (B, M, d)
-        attn = (self.copy_query(flat) @ keys.transpose(1, 2) / c ** 0.5).masked_fill(~valid[:, None], float("-inf"))
-        attn = attn.softmax(-1)  # (B, M, T)
-        # in log space, touching the vocabulary only where the prompt's words are: log (1 - g) + log softmax(head)
-        # everywhere, and at each prompt position's id the log of that plus g times the attention on every position
-        # holding the same id (a repeated word writes the same value from each of its positions)
-        same = ((ids[:, :, None] == ids[:, None, :]) & valid[:, None, :]).float()  # (B, T, T)
-        copy = torch.einsum("bms,bts->bmt", attn, same)  # (B, M, T)
-        gate = self.copy_gate(flat)  # (B, M, 1): g = sigmoid(gate)
-        out = logits.reshape(B, flat.shape[1], -1).float().log_softmax(-1) + F.logsigmoid(-gate)  # (B, M, V + 1)
-        at = ids[:, None].expand(B, flat.shape[1], T)
-        mixed = torch.logaddexp(out.gather(2, at), F.logsigmoid(gate) + copy.clamp_min(1e-30).log())
-        return out.scatter(2, at, mixed).reshape(logits.shape)
 
     def pointer_key(self, x_prompt: torch.Tensor, prompt_ids: torch.Tensor, lengths: torch.Tensor,
                     word: torch.Tensor) -> torch.Tensor:
@@ -325,7 +263,6 @@ class RLFModel(nn.Module):
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
         state, step, read = self._loop(x_prompt, lengths, source, gate_scale, rows)
         feed = self._feed(x_prompt, lengths, prompt_ids, rows)
-        context = self.copy_context(x_prompt, lengths, prompt_ids, rows)
         states, logits = [], []
         for i in range(n_loops):
             if i and feed is not None:
@@ -333,9 +270,9 @@ class RLFModel(nn.Module):
             state = step(state, i)
             states.append(read(state))  # (B, d)
             if feed is not None and teacher is None:
-                logits.append(self.read_out(states[-1], context))
+                logits.append(self.head(states[-1]))
         h = torch.stack(states, 1)  # (B, L, d)
-        logits = torch.stack(logits, 1) if logits else self.read_out(self.slots(h), context)  # (B, L, V + 1), or (B, L, K, V + 1)
+        logits = torch.stack(logits, 1) if logits else self.head(self.slots(h))  # (B, L, V + 1), or (B, L, K, V + 1)
         return (logits, h) if return_states else logits
 
     def _feed(self, x_prompt, lengths, prompt_ids, rows=None):
@@ -378,7 +315,6 @@ class RLFModel(nn.Module):
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
         state, step, read = self._loop(x_prompt, lengths, source, gate_scale)
         feed = self._feed(x_prompt, lengths, prompt_ids)
-        context = self.copy_context(x_prompt, lengths, prompt_ids)
         B = x_prompt.shape[0]
         halted_at = torch.full((B,), -1, dtype=torch.long, device=state.device)
         tokens, probs, halt_ps, states, words, p_words = [], [], [], [], [], []
@@ -390,7 +326,7 @@ class RLFModel(nn.Module):
             fed = feed(z) if i and feed is not None else state  # feedback=pointer: the key of the last loop's word
             state = torch.where(keep, state, step(fed, position))  # a finished example keeps its state
             h = read(state)
-            z = self.read_out(self.slots(h), context).float()
+            z = self.head(self.slots(h)).float()
             p = z.softmax(-1)  # (B, V + 1), or (B, K, V + 1)
             top_p, top = p.max(-1)  # (B,), or (B, K)
             if K > 1:  # the loop's word; its probability is the product over the slots it uses, end marker included
@@ -425,8 +361,7 @@ def word_of(slot_ids: torch.Tensor, halt_id: int) -> torch.Tensor:
 
 
 def copy_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, token_ids: torch.Tensor,
-              starts: torch.Tensor, uniform: torch.Tensor, prompt_ids: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, dict]:
+              starts: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """The read-out warm-up (supervision=copy): one loop step over the prompt, then the head at k positions per prompt
     (`uniform` (B, k), numbers in [0, 1) that pick them, with replacement) must name the token at that position. It
     teaches the core and norm to turn a prompt word's state into that word's head row, for every word of every prompt.
@@ -436,20 +371,17 @@ def copy_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, to
     pos = (uniform * lengths[:, None].float()).long()  # (B, k), < length
     ids = token_ids[starts[:, None] + pos]  # (B, k)
     rows = torch.arange(B)[:, None].expand(B, k)
-    return position_loss(model, x_prompt, lengths, rows.reshape(-1), pos.reshape(-1), ids.reshape(-1), prompt_ids)
+    return position_loss(model, x_prompt, lengths, rows.reshape(-1), pos.reshape(-1), ids.reshape(-1))
 
 
 def position_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor,
-                  pos: torch.Tensor, ids: torch.Tensor, prompt_ids: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, dict]:
-    """One loop step over every prompt position, then the read-out at the pairs (rows[j], pos[j]) (each (N,)) must
-    name ids[j]: the dense targets of the copy and lookup warm-ups (supervision=copy, supervision=lookup).
-    `prompt_ids` (B, T): the prompts' token ids, for readout=copy (which points into the whole prompt of row j)."""
+                  pos: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """One loop step over every prompt position, then the head at the pairs (rows[j], pos[j]) (each (N,)) must name
+    ids[j]: the dense targets of the copy and lookup warm-ups (supervision=copy, supervision=lookup)."""
     x, _ = model._start(x_prompt, lengths)
     x = model.step(x, x_prompt, 0)
     h = x[rows.to(x.device), pos.to(x.device) + model.cfg.scratchpad]  # (N, d)
-    context = model.copy_context(x_prompt, lengths[rows.to(lengths.device)], prompt_ids, rows.to(x.device))
-    logits = model.read_out(h, context)
+    logits = model.head(h)
     ids = ids.to(x.device)
     loss = F.cross_entropy(logits.float(), ids)
     with torch.no_grad():
@@ -463,7 +395,7 @@ def chain_loss(model: RLFModel, x_prompt: torch.Tensor, rows: torch.Tensor, pos:
     encoder's states of a prefix are the prompt's), looped as the task is, its loops supervised by targets (Q, L);
     feedback=pointer takes the prompts' ids and is teacher-forced with those targets."""
     x = x_prompt[:, : int(pos.max()) + 1]
-    teacher = targets if model.cfg.feedback == "pointer" else None
+    teacher = None if prompt_ids is None else targets
     return loop_loss(model(x, pos.to(x.device) + 1, targets.shape[1], rows=rows.to(x.device), prompt_ids=prompt_ids,
                            teacher=teacher), targets)
 
