@@ -4,9 +4,10 @@
    generator's pools, is the word's own head row the argmax of (head @ its embedding)?
 2. A linear read-out: least squares from the encoder's state at each token of 1,500 backward-chain prompts to
    that token's head direction (row / final-norm weight, unit length); top-1 through final norm + head on 20%
-   held-out positions.
+   held-out positions, overall and at the positions of value words and of names (what a chain's loops must name).
+   With several encoder depths, one linear read-out per depth: how much of a token's identity each keeps.
 
-    python benchmarks/readout_geometry.py [--out docs/experiments/readout_geometry.json]
+    python benchmarks/readout_geometry.py [--encoder-layers 2,4,6] [--out docs/experiments/readout_geometry.json]
 """
 
 from __future__ import annotations
@@ -25,43 +26,56 @@ from rlf.tasks import build_vocab, generate
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/experiments/readout_geometry.json")
-    ap.add_argument("--encoder-layers", type=int, default=6)
+    ap.add_argument("--encoder-layers", default="6", help="comma-separated encoder depths, e.g. 2,4,6")
     ap.add_argument("--prompts", type=int, default=1500)
     args = ap.parse_args()
-    base = load_base("smollm2-135m", args.encoder_layers)
+    depths = [int(x) for x in args.encoder_layers.split(",")]
+    base = load_base("smollm2-135m", max(depths))
     W, g = base.lm_head.float(), base.final_norm.weight.float()
     vocab = build_vocab(base.tokenizer)
     words = list(vocab.names) + list(vocab.words[:3000])
     ids = torch.tensor([base.tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in words])
     self_top1 = float(((W[ids] @ W.T).argmax(-1) == ids).float().mean())
+    first_id = lambda w: base.tokenizer.encode(" " + w, add_special_tokens=False)[0]  # noqa: E731
+    name_ids = {first_id(w) for w in vocab.names}
+    value_ids = {first_id(w) for w in vocab.words} - name_ids
 
     examples = generate("chain", args.prompts, [1, 2, 3, 4, 5], 0, base.tokenizer, order="backward", distractors=2)
-    X, T = [], []
     template = TrainConfig().template
-    for i in range(0, len(examples), 50):
-        tok = base.tokenize([apply_template(template, ex.prompt) for ex in examples[i : i + 50]])
-        x, _ = base.encode_ids(tok)
-        for row, seq in enumerate(tok):
-            X.append(x[row, : len(seq)].float())
-            T += seq
-    X, T = torch.cat(X), torch.tensor(T)
-    X = X / X.norm(dim=-1, keepdim=True)
-    Y = W[T] / g
-    Y = Y / Y.norm(dim=-1, keepdim=True)
-    perm = torch.randperm(len(T), generator=torch.Generator().manual_seed(0))
-    train, test = perm[: int(0.8 * len(T))], perm[int(0.8 * len(T)) :]
-    A = X[train]
-    M = torch.linalg.solve(A.T @ A + 0.1 * torch.eye(A.shape[1]), A.T @ Y[train])
-    pred = X[test] @ M
-    logits = (g * pred / pred.pow(2).mean(-1, keepdim=True).sqrt()) @ W.T
-    linear_top1 = float((logits.argmax(-1) == T[test]).float().mean())
-    result = {"command": "python benchmarks/readout_geometry.py", "encoder_layers": args.encoder_layers,
+    readout = {}
+    for depth in depths:
+        base = load_base("smollm2-135m", depth)
+        X, T = [], []
+        for i in range(0, len(examples), 50):
+            tok = base.tokenize([apply_template(template, ex.prompt) for ex in examples[i : i + 50]])
+            x, _ = base.encode_ids(tok)
+            for row, seq in enumerate(tok):
+                X.append(x[row, : len(seq)].float())
+                T += seq
+        X, T = torch.cat(X), torch.tensor(T)
+        X = X / X.norm(dim=-1, keepdim=True)
+        Y = W[T] / g
+        Y = Y / Y.norm(dim=-1, keepdim=True)
+        perm = torch.randperm(len(T), generator=torch.Generator().manual_seed(0))
+        train, test = perm[: int(0.8 * len(T))], perm[int(0.8 * len(T)) :]
+        A = X[train]
+        M = torch.linalg.solve(A.T @ A + 0.1 * torch.eye(A.shape[1]), A.T @ Y[train])
+        pred = X[test] @ M
+        logits = (g * pred / pred.pow(2).mean(-1, keepdim=True).sqrt()) @ W.T
+        hit, t = logits.argmax(-1) == T[test], T[test]
+        kinds = {"all": torch.ones_like(hit), "value words": torch.tensor([int(i) in value_ids for i in t]),
+                 "names": torch.tensor([int(i) in name_ids for i in t])}
+        readout[depth] = {k: {"rate": round(float(hit[m].float().mean()), 4), "n": int(m.sum())}
+                          for k, m in kinds.items()}
+        print(depth, json.dumps(readout[depth]), flush=True)
+    result = {"command": f"python benchmarks/readout_geometry.py --encoder-layers {args.encoder_layers}",
               "embedding_self_top1": {"rate": round(self_top1, 4), "n": len(words),
                                       "what": "names + first 3000 value words: own head row is argmax of W @ e"},
-              "linear_readout_top1": {"rate": round(linear_top1, 4), "n_test_positions": len(test),
-                                      "n_train_positions": len(train), "prompts": args.prompts,
-                                      "what": "ridge (lambda 0.1) from unit encoder states to unit W_t / g, "
-                                              "top-1 through final norm + head, all token positions"}}
+              "linear_readout_top1_by_encoder_layers": readout,
+              "linear_readout": {"prompts": args.prompts, "n_train_positions": len(train),
+                                 "what": "ridge (lambda 0.1) from unit encoder states to unit W_t / g, top-1 through "
+                                         "final norm + head, on 20% held-out token positions: all, those holding a "
+                                         "value word, those holding a name"}}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result, indent=1))
