@@ -30,24 +30,24 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=1500)
     args = ap.parse_args()
     depths = [int(x) for x in args.encoder_layers.split(",")]
-    base = load_base("smollm2-135m", max(depths))
+    base = load_base("smollm2-135m", depths[0])
     W, g = base.lm_head.float(), base.final_norm.weight.float()
     vocab = build_vocab(base.tokenizer)
-    words = list(vocab.names) + list(vocab.words[:3000])
-    ids = torch.tensor([base.tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in words])
-    self_top1 = float(((W[ids] @ W.T).argmax(-1) == ids).float().mean())
     first_id = lambda w: base.tokenizer.encode(" " + w, add_special_tokens=False)[0]  # noqa: E731
-    name_ids = {first_id(w) for w in vocab.names}
-    value_ids = {first_id(w) for w in vocab.words} - name_ids
+    ids = torch.tensor([first_id(w) for w in list(vocab.names) + list(vocab.words[:3000])])
+    self_top1 = float(((W[ids] @ W.T).argmax(-1) == ids).float().mean())
+    name_ids = torch.tensor(sorted({first_id(w) for w in vocab.names}))
+    value_ids = torch.tensor(sorted({first_id(w) for w in vocab.words} - set(name_ids.tolist())))
 
     examples = generate("chain", args.prompts, [1, 2, 3, 4, 5], 0, base.tokenizer, order="backward", distractors=2)
     template = TrainConfig().template
+    tokens = base.tokenize([apply_template(template, ex.prompt) for ex in examples])  # the same ids at every depth
     readout = {}
     for depth in depths:
-        base = load_base("smollm2-135m", depth)
+        base = base if depth == depths[0] else load_base("smollm2-135m", depth)
         X, T = [], []
-        for i in range(0, len(examples), 50):
-            tok = base.tokenize([apply_template(template, ex.prompt) for ex in examples[i : i + 50]])
+        for i in range(0, len(tokens), 50):
+            tok = tokens[i : i + 50]
             x, _ = base.encode_ids(tok)
             for row, seq in enumerate(tok):
                 X.append(x[row, : len(seq)].float())
@@ -63,13 +63,12 @@ def main() -> None:
         pred = X[test] @ M
         logits = (g * pred / pred.pow(2).mean(-1, keepdim=True).sqrt()) @ W.T
         hit, t = logits.argmax(-1) == T[test], T[test]
-        kinds = {"all": torch.ones_like(hit), "value words": torch.tensor([int(i) in value_ids for i in t]),
-                 "names": torch.tensor([int(i) in name_ids for i in t])}
+        kinds = {"all": torch.ones_like(hit), "value words": torch.isin(t, value_ids), "names": torch.isin(t, name_ids)}
         readout[depth] = {k: {"rate": round(float(hit[m].float().mean()), 4), "n": int(m.sum())}
                           for k, m in kinds.items()}
         print(depth, json.dumps(readout[depth]), flush=True)
     result = {"command": f"python benchmarks/readout_geometry.py --encoder-layers {args.encoder_layers}",
-              "embedding_self_top1": {"rate": round(self_top1, 4), "n": len(words),
+              "embedding_self_top1": {"rate": round(self_top1, 4), "n": len(ids),
                                       "what": "names + first 3000 value words: own head row is argmax of W @ e"},
               "linear_readout_top1_by_encoder_layers": readout,
               "linear_readout": {"prompts": args.prompts, "n_train_positions": len(train),
