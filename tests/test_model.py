@@ -410,3 +410,62 @@ def test_pointer_feedback_refusals():
     model, x, lengths, _ = pointer_setup()
     with pytest.raises(RLFError, match="prompt_ids"):
         model(x, lengths, 2)
+
+
+def token_values_setup(span="answer", seed=1):
+    """A perturbed token_values model (conv Transformer), the same model without the option (its token gate at
+    zero), prompts and their token ids (ids < 20, -1 past each end)."""
+    plain = make("transformer", core_pos="conv", loop_span=span)
+    perturb(plain)
+    model = make("transformer", core_pos="conv", loop_span=span, token_values=True)
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["core.token_gate"] and not unexpected
+    x, lengths = prompts(seed)
+    ids = torch.randint(0, 20, (4, 12), generator=torch.Generator().manual_seed(seed))
+    ids[torch.arange(12)[None, :] >= lengths[:, None]] = -1
+    return plain, model, x, lengths, ids
+
+
+@pytest.mark.parametrize("span", ["all", "answer"])
+def test_token_values_start_as_the_model_without_and_carry_the_tokens(span):
+    """With its gate at zero (its init) the option changes nothing; once the gate moves, the output depends on the
+    prompt's token ids, not only on their encodings, and only through positions at or before the read-out."""
+    plain, model, x, lengths, ids = token_values_setup(span)
+    torch.testing.assert_close(model(x, lengths, 3, prompt_ids=ids), plain(x, lengths, 3))
+    with torch.no_grad():
+        model.core.token_gate.normal_(0, 1.0)
+    out = model(x, lengths, 3, prompt_ids=ids)
+    assert not torch.allclose(out, plain(x, lengths, 3), atol=1e-3)
+    other = ids.clone()
+    other[0, 2] = (ids[0, 2] + 1) % 20  # another token at a position before every answer position of row 0
+    moved = model(x, lengths, 3, prompt_ids=other)
+    assert not torch.allclose(moved[0], out[0], atol=1e-4)
+    torch.testing.assert_close(moved[1:], out[1:])  # the other prompts are untouched
+    past = ids.clone()
+    past[1, lengths[1]:] = 5  # ids past a prompt's end are padding, whatever they hold
+    torch.testing.assert_close(model(x, lengths, 3, prompt_ids=past), out)
+    with pytest.raises(RLFError, match="prompt_ids"):
+        model(x, lengths, 2)
+
+
+def test_token_values_answer_span_loop0_is_the_full_pass_and_queries_cut_rows():
+    """loop_span=answer's memory holds the token values (the answer position's own too): its loop 0 equals
+    loop_span=all's, and queries (rows) loop like the prompts they cut."""
+    _, full, x, lengths, ids = token_values_setup("all")
+    _, ans, *_ = token_values_setup("answer")
+    for m in (full, ans):
+        with torch.no_grad():
+            m.core.token_gate.copy_(torch.linspace(-1, 1, D))
+    torch.testing.assert_close(ans(x, lengths, 2, prompt_ids=ids)[:, 0], full(x, lengths, 2, prompt_ids=ids)[:, 0],
+                               atol=1e-4, rtol=1e-4)
+    rows, cut_len = torch.tensor([0, 0, 1, 3, 2]), torch.tensor([4, 12, 9, 1, 5])
+    cut = ids[rows].masked_fill(torch.arange(12)[None, :] >= cut_len[:, None], -1)
+    torch.testing.assert_close(ans(x, cut_len, 3, rows=rows, prompt_ids=ids), ans(x[rows], cut_len, 3, prompt_ids=cut),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [{"core": "mamba2"}, {"core": "transformer", "core_dim": 64},
+                                {"core": "transformer", "scratchpad": 2}])
+def test_token_values_refusals(kw):
+    with pytest.raises(RLFError, match="token_values=true is for core=transformer"):
+        RLFConfig(d_model=D, vocab_size=V, token_values=True, **kw)
