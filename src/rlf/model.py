@@ -53,7 +53,6 @@ class RLFConfig:
     core_pos: Literal["none", "rope", "conv"] = "none"  # transformer only: rotary attention, or a width-4 causal conv
     target_tokens: int = 1  # K read-out slots per loop: a loop target may be a word of up to K base tokens
     feedback: Literal["state", "pointer"] = "state"  # what loop k >= 1 starts from; see RLFModel.pointer_key
-    token_values: bool = False  # transformer core: its last attention's values carry their tokens' head rows
 
     def __post_init__(self):
         for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
@@ -70,20 +69,12 @@ class RLFConfig:
             raise RLFError(f"feedback=pointer replaces the answer state with one word's key: it needs loop_span=answer "
                            f"and target_tokens=1 (this model has loop_span={self.loop_span}, "
                            f"target_tokens={self.target_tokens})")
-        if self.token_values and (self.core != "transformer" or self.core_dim or self.scratchpad):
-            raise RLFError(f"token_values=true is for core=transformer at the base's width without a scratchpad (this "
-                           f"model has core={self.core}, core_dim={self.core_dim}, scratchpad={self.scratchpad})")
         if self.loop_span == "answer":
             clash = [k for k in ("scratchpad", "loop_layers") if getattr(self, k)]
             if self.core not in ("mamba2", "transformer") or clash:
                 have = ", ".join([f"core={self.core}", *(f"{k}={getattr(self, k)}" for k in clash)])
                 raise RLFError(f"loop_span=answer is built for core=mamba2 or transformer without scratchpad or "
                                f"loop_layers; this model has {have}")
-
-    @property
-    def reads_prompt_ids(self) -> bool:
-        """Whether the model takes the prompts' token ids (`prompt_ids`) beside their encodings."""
-        return self.feedback == "pointer" or self.token_values
 
     @classmethod
     def from_dict(cls, d: dict) -> "RLFConfig":
@@ -123,8 +114,7 @@ class RLFModel(nn.Module):
             self.loop_embedding = nn.Parameter(torch.randn(cfg.max_loops, d) * 0.02)
         if cfg.scratchpad:
             self.scratchpad = nn.Parameter(torch.randn(cfg.scratchpad, d) * 0.02)
-        self.core = build_core(cfg.core, d, chunk_size=cfg.chunk_size, core_dim=cfg.core_dim, positions=cfg.core_pos,
-                               token_values=cfg.token_values)
+        self.core = build_core(cfg.core, d, chunk_size=cfg.chunk_size, core_dim=cfg.core_dim, positions=cfg.core_pos)
         self.loop_norm = nn.RMSNorm(d, eps=1e-5)
         if cfg.bridge_rank:
             self.bridge_down = nn.Linear(d, cfg.bridge_rank, bias=False)
@@ -175,19 +165,6 @@ class RLFModel(nn.Module):
         w = w.to(x_prompt.dtype)
         return torch.einsum("bt,btd->bd", w / w.sum(1, keepdim=True).clamp_min(1e-9), x_prompt)
 
-    def token_rows(self, prompt_ids: torch.Tensor | None, lengths: torch.Tensor, T: int) -> torch.Tensor | None:
-        """token_values: each prompt position's token row of the head, RMS-normalised, zero past a prompt's end
-        (B, T, d); None without token_values. The core adds them, gated, to its last attention's values, so a loop
-        that attends to a word's position can name that exact word through the head."""
-        if not self.cfg.token_values:
-            return None
-        if prompt_ids is None:
-            raise RLFError("token_values=true reads the prompt's token ids: pass prompt_ids (B, T)")
-        ids = prompt_ids[:, :T].to(self.lm_head.device)
-        valid = (ids >= 0) & (torch.arange(T, device=ids.device)[None, :] < lengths[:, None].to(ids.device))
-        rows = F.rms_norm(F.embedding(ids.clamp_min(0), self.lm_head), (self.cfg.d_model,), eps=1e-5)
-        return rows * valid[..., None]
-
     def slots(self, h: torch.Tensor) -> torch.Tensor:
         """The K read-out states (..., K, d) of answer states h (..., d): slot 0 is h, slot k is h + slot_maps[k-1] h;
         with K = 1 it is h itself, unchanged (..., d)."""
@@ -226,12 +203,12 @@ class RLFModel(nn.Module):
             x = x + self.loop_embedding[min(loop_index, self.cfg.max_loops - 1)]
         return x
 
-    def step(self, x, source, loop_index: int, gate_scale: float = 1.0, tokens: torch.Tensor | None = None):
-        """One loop iteration on the full sequence state x (B, T', d); `tokens`: token_rows, with token_values."""
+    def step(self, x, source, loop_index: int, gate_scale: float = 1.0):
+        """One loop iteration on the full sequence state x (B, T', d)."""
         x = self.inject(x, source, loop_index, gate_scale)
         if self.cfg.loop_layers:
             x = self.looped_layers(x)  # the base's upper blocks (frozen + LoRA), causal in T, their own residual
-        x = x + (self.core(x) if tokens is None else self.core(x, tokens))
+        x = x + self.core(x)
         return self.loop_norm(x)
 
     def _start(self, x_prompt, lengths):
@@ -242,7 +219,7 @@ class RLFModel(nn.Module):
         answer_pos = lengths.to(x.device) - 1 + self.cfg.scratchpad  # (B,)
         return x, answer_pos
 
-    def _loop(self, x_prompt, lengths, source, gate_scale: float = 1.0, rows=None, prompt_ids=None):
+    def _loop(self, x_prompt, lengths, source, gate_scale: float = 1.0, rows=None):
         """The loop's starting state, its step `step(state, i)` and the answer-position read-out `read(state)` (B, d).
 
         loop_span=all: the state is the whole sequence (B, T', d) and each step updates every position.
@@ -252,18 +229,15 @@ class RLFModel(nn.Module):
         prompt positions no longer change.
 
         With `rows` (Q,) the loop runs queries: query j is row rows[j] of x_prompt cut to lengths[j] (Q,) (the chain
-        warm-up); loop_span=answer reads each row into its memories once. `prompt_ids` (B, T): with token_values."""
-        tokens = self.token_rows(prompt_ids, torch.full((len(x_prompt),), x_prompt.shape[1]), x_prompt.shape[1])
+        warm-up); loop_span=answer reads each row into its memories once."""
         if rows is not None and self.cfg.loop_span == "all":  # every position loops: one sequence per query
             x_prompt, source, rows = x_prompt[rows], source[rows], None
-            tokens = None if tokens is None else tokens[rows]
         x, answer_pos = self._start(x_prompt, lengths)
         row_of = torch.arange(len(answer_pos), device=x.device) if rows is None else rows.to(x.device)
         if self.cfg.loop_span == "all":
-            return x, (lambda x, i: self.step(x, source, i, gate_scale, tokens)), (lambda x: x[row_of, answer_pos])
+            return x, (lambda x, i: self.step(x, source, i, gate_scale)), (lambda x: x[row_of, answer_pos])
         queries = None if rows is None else row_of
-        memory = self.core.remember(self.inject(x, source, 0, gate_scale), answer_pos, queries,
-                                    **({} if tokens is None else {"tokens": tokens}))
+        memory = self.core.remember(self.inject(x, source, 0, gate_scale), answer_pos, queries)
         source_a = source[row_of, answer_pos]
 
         def step(a, i: int):
@@ -287,7 +261,7 @@ class RLFModel(nn.Module):
         if rows is not None and prompt_mode != "intact":
             raise RLFError(f"prompt_mode={prompt_mode} perturbs whole prompts, not queries (rows)")
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
-        state, step, read = self._loop(x_prompt, lengths, source, gate_scale, rows, prompt_ids)
+        state, step, read = self._loop(x_prompt, lengths, source, gate_scale, rows)
         feed = self._feed(x_prompt, lengths, prompt_ids, rows)
         states, logits = [], []
         for i in range(n_loops):
@@ -339,7 +313,7 @@ class RLFModel(nn.Module):
             raise RLFError("loop_offset/loop_clamp move the loop position, and this model has none (loop_pos=none)")
         max_loops = max_loops or SOLVE_LOOPS
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
-        state, step, read = self._loop(x_prompt, lengths, source, gate_scale, prompt_ids=prompt_ids)
+        state, step, read = self._loop(x_prompt, lengths, source, gate_scale)
         feed = self._feed(x_prompt, lengths, prompt_ids)
         B = x_prompt.shape[0]
         halted_at = torch.full((B,), -1, dtype=torch.long, device=state.device)
@@ -387,8 +361,7 @@ def word_of(slot_ids: torch.Tensor, halt_id: int) -> torch.Tensor:
 
 
 def copy_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, token_ids: torch.Tensor,
-              starts: torch.Tensor, uniform: torch.Tensor, prompt_ids: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, dict]:
+              starts: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """The read-out warm-up (supervision=copy): one loop step over the prompt, then the head at k positions per prompt
     (`uniform` (B, k), numbers in [0, 1) that pick them, with replacement) must name the token at that position. It
     teaches the core and norm to turn a prompt word's state into that word's head row, for every word of every prompt.
@@ -398,17 +371,15 @@ def copy_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, to
     pos = (uniform * lengths[:, None].float()).long()  # (B, k), < length
     ids = token_ids[starts[:, None] + pos]  # (B, k)
     rows = torch.arange(B)[:, None].expand(B, k)
-    return position_loss(model, x_prompt, lengths, rows.reshape(-1), pos.reshape(-1), ids.reshape(-1), prompt_ids)
+    return position_loss(model, x_prompt, lengths, rows.reshape(-1), pos.reshape(-1), ids.reshape(-1))
 
 
 def position_loss(model: RLFModel, x_prompt: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor,
-                  pos: torch.Tensor, ids: torch.Tensor, prompt_ids: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, dict]:
+                  pos: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """One loop step over every prompt position, then the head at the pairs (rows[j], pos[j]) (each (N,)) must name
-    ids[j]: the dense targets of the copy and lookup warm-ups (supervision=copy, supervision=lookup). `prompt_ids`
-    (B, T): with token_values."""
+    ids[j]: the dense targets of the copy and lookup warm-ups (supervision=copy, supervision=lookup)."""
     x, _ = model._start(x_prompt, lengths)
-    x = model.step(x, x_prompt, 0, tokens=model.token_rows(prompt_ids, lengths, x_prompt.shape[1]))
+    x = model.step(x, x_prompt, 0)
     h = x[rows.to(x.device), pos.to(x.device) + model.cfg.scratchpad]  # (N, d)
     logits = model.head(h)
     ids = ids.to(x.device)

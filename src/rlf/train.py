@@ -48,15 +48,14 @@ class Split:
     examples: list[Example]
     encoded: EncodedSet
     target_ids: list[list[int]]  # per example, per loop: the target id; with target_tokens > 1 a tuple of ids
-    prompt_ids: list[list[int]] | None = None  # feedback=pointer, token_values: each prompt's token ids, as encoded
+    prompt_ids: list[list[int]] | None = None  # feedback=pointer: each prompt's token ids, as encoded
 
     def batch(self, idx, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
         x, lengths = self.encoded.batch(idx, width)
         return x, lengths, [self.target_ids[i] for i in idx]
 
     def model_inputs(self, idx, width: int | None = None) -> dict:
-        """What the model takes beside a batch's encodings: {} or (feedback=pointer, token_values) its prompt_ids
-        (B, T)."""
+        """What the model takes beside a batch's encodings: {} or, for feedback=pointer, its prompt_ids (B, T)."""
         return {} if self.prompt_ids is None else {"prompt_ids": pad_ids([self.prompt_ids[i] for i in idx], width)}
 
 
@@ -165,7 +164,7 @@ def prepare_split(examples: list[Example], base: Base, cfg: TrainConfig, name: s
     encoded = encode_cached(base, [ex.prompt for ex in examples], cfg.cache_dir, cfg.template, cfg.storage,
                             progress=progress)
     prompt_ids = None
-    if cfg.feedback == "pointer" or cfg.token_values:  # RLFConfig.reads_prompt_ids
+    if cfg.feedback == "pointer":
         prompt_ids = tokenize_prompts(base, cfg.template, [ex.prompt for ex in examples])
         for n, (ids, length) in enumerate(zip(prompt_ids, encoded.lengths), 1):
             if len(ids) != length:  # the cache was written by another tokenizer: the ids would not line up
@@ -187,7 +186,7 @@ def build_model(cfg: TrainConfig, base: Base) -> RLFModel:
         loop_pos=cfg.loop_pos, max_loops=cfg.max_loops, train_head=cfg.train_head, scratchpad=cfg.scratchpad,
         bridge_rank=cfg.bridge_rank, core_dim=cfg.core_dim, chunk_size=cfg.chunk_size, loop_layers=cfg.loop_layers,
         lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, loop_span=cfg.loop_span,
-        core_pos=cfg.core_pos, target_tokens=cfg.target_tokens, feedback=cfg.feedback, token_values=cfg.token_values,
+        core_pos=cfg.core_pos, target_tokens=cfg.target_tokens, feedback=cfg.feedback,
     )
     have = len(base.upper_layers.layers) if base.upper_layers is not None else 0
     if cfg.loop_layers and have != cfg.loop_layers:
@@ -589,8 +588,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + step)
             uniform = world.shard(torch.rand(len(idx), pcfg.copy_positions, generator=gen))
             with autocast:
-                loss, stats = step_fn(copy_loss, x.to(device), lengths, flat, starts[mine], uniform,
-                                      **sp.model_inputs(mine, width))
+                loss, stats = step_fn(copy_loss, x.to(device), lengths, flat, starts[mine], uniform)
         elif pcfg.supervision == "lookup":
             if ph.name not in warmup_targets:
                 warmup_targets[ph.name] = lookup_pairs(sp.examples, base.tokenizer, cfg.template, ph.name)
@@ -598,8 +596,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
             rows = torch.cat([torch.full((len(p),), r) for r, (p, _) in enumerate(pairs)])
             with autocast:
                 loss, stats = step_fn(position_loss, x.to(device), lengths, rows,
-                                      torch.cat([p for p, _ in pairs]), torch.cat([t for _, t in pairs]),
-                                      **sp.model_inputs(mine, width))
+                                      torch.cat([p for p, _ in pairs]), torch.cat([t for _, t in pairs]))
         elif pcfg.supervision == "chains":
             if ph.name not in warmup_targets:
                 warmup_targets[ph.name] = reference_chains(sp.examples, base.tokenizer, cfg.template, ph.name,
@@ -613,8 +610,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
             targets = loop_targets(tids, model.halt_id, n_loops, pcfg.supervision, cfg.target_tokens)
             # DDP averages the ranks' gradients: each rank's loss is its sum over the global batch's count / ranks
             share = (targets != IGNORE).sum() / world.size
-            extra = sp.model_inputs(mine, width)  # feedback=pointer, token_values: the prompt ids
-            if extra and model.cfg.feedback == "pointer" and pcfg.supervision == "per_loop":  # teacher forcing: each loop fed the key of the right word
+            extra = sp.model_inputs(mine, width)  # feedback=pointer: the prompt ids
+            if extra and pcfg.supervision == "per_loop":  # teacher forcing: each loop fed the key of the right word
                 extra["teacher"] = world.shard(targets).to(device)
             with autocast:
                 logits = step_fn(RLFModel.__call__, x.to(device), lengths, n_loops, **extra)
@@ -741,7 +738,7 @@ class LoadedRun:
             if limit and len(x) > limit:
                 raise RLFError(f"prompt of {len(x)} tokens is longer than the base's limit of {limit}: {p[:60]!r}...")
         x, lengths = self.base.encode_ids(ids)
-        return x, lengths, ({"prompt_ids": pad_ids(ids, x.shape[1])} if self.model.cfg.reads_prompt_ids else {})
+        return x, lengths, ({"prompt_ids": pad_ids(ids, x.shape[1])} if self.config.feedback == "pointer" else {})
 
     def solve(self, prompts: list[str], max_loops: int | None = None, **ablation) -> list[list[dict]]:
         """Per prompt, the loop-by-loop trace: loop, token, p, p_halt (stops after <HALT>).

@@ -48,13 +48,11 @@ class NarrowCore(nn.Module):
         return self.up(self.inner.recall(memory, self.down(a)))
 
 
-def build_core(kind: str, d_model: int, chunk_size: int = 64, core_dim: int = 0, positions: str = "none",
-               token_values: bool = False) -> nn.Module:
+def build_core(kind: str, d_model: int, chunk_size: int = 64, core_dim: int = 0, positions: str = "none") -> nn.Module:
     """A reasoning core of the given kind with its output projection at zero (the loop starts as identity).
 
     `core_dim` k > 0 (and below d_model) runs it at width k between a down and an up projection. `positions`
-    ("none", "rope" or "conv") is the transformer's attention over token positions; `token_values` adds each
-    position's token row to the transformer's last attention values (RLFConfig.token_values)."""
+    ("none" or "rope") is the transformer's attention over token positions."""
     if core_dim and core_dim != d_model:
         if core_dim > d_model:
             raise RLFError(f"core_dim={core_dim}: must be at most the base's width {d_model} (0 = the base's width)")
@@ -66,7 +64,7 @@ def build_core(kind: str, d_model: int, chunk_size: int = 64, core_dim: int = 0,
     if kind == "transformer":
         from rlf.cores.transformer import TransformerCore
 
-        return TransformerCore(d_model, positions=positions, token_values=token_values)
+        return TransformerCore(d_model, positions=positions)
     if kind == "mamba1":
         from rlf.cores.mamba1 import Mamba1Core
 

@@ -21,8 +21,7 @@ CONV_K = 4  # positions="conv": the causal window, the current token and the 3 b
 
 
 class TransformerCore(nn.Module):
-    def __init__(self, d_model: int, n_layers: int = 2, head_dim: int = 64, positions: str = "none",
-                 token_values: bool = False):
+    def __init__(self, d_model: int, n_layers: int = 2, head_dim: int = 64, positions: str = "none"):
         super().__init__()
         if positions not in POSITIONS:
             raise ValueError(f"positions={positions!r}: use one of {', '.join(POSITIONS)}")
@@ -38,8 +37,6 @@ class TransformerCore(nn.Module):
             self.conv = nn.Parameter(torch.empty(d_model, CONV_K).uniform_(-CONV_K ** -0.5, CONV_K ** -0.5))
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
         nn.init.zeros_(self.out_proj.weight)
-        if token_values:  # last, so the other parameters draw the same random numbers with or without it
-            self.token_gate = nn.Parameter(torch.zeros(d_model))  # zero: the core starts as it would without
 
     def _qkv(self, layer, h: torch.Tensor, position: torch.Tensor):
         """Queries, keys, values (B, heads, T, head_dim) of h (B, T, d) at token positions `position` ((T,) or
@@ -50,25 +47,13 @@ class TransformerCore(nn.Module):
             q, k = rotate(q, angle), rotate(k, angle)
         return q, k, v
 
-    def _token_values(self, v: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
-        """token_values: the last layer's values v (B, heads, T, head_dim) plus the gated token rows (B, T, d) of
-        their positions, split into heads as v is; v itself otherwise."""
-        if tokens is None:
-            return v
-        B, heads, T, hd = v.shape
-        return v + (self.token_gate * tokens).view(B, T, heads, hd).transpose(1, 2)
-
-    def _layers(self, x: torch.Tensor, keep: bool = False, tokens: torch.Tensor | None = None):
-        """The causal pass over x (B, T, d); with keep, also every layer's keys and values. `tokens` (B, T, d), with
-        token_values: each position's token row, added (gated) to the last layer's values."""
+    def _layers(self, x: torch.Tensor, keep: bool = False):
+        """The causal pass over x (B, T, d); with keep, also every layer's keys and values."""
         B, T, d = x.shape
         position = torch.arange(T, device=x.device)
         h, keys, values = self._conv(x), [], []
-        last_layer = len(self.encoder.layers) - 1
-        for i, layer in enumerate(self.encoder.layers):
+        for layer in self.encoder.layers:
             q, k, v = self._qkv(layer, h, position)
-            if i == last_layer:
-                v = self._token_values(v, tokens)
             if keep:
                 keys.append(k)
                 values.append(v)
@@ -83,22 +68,17 @@ class TransformerCore(nn.Module):
         beside its value, which the frozen encoder does not bind). Otherwise x itself."""
         return x + causal_conv(x, self.conv, tail)[1] if self.positions == "conv" else x
 
-    def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
-        return self.out_proj(self.norm(self._layers(x, tokens=tokens)[0]))  # (B, T, d)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.norm(self._layers(x)[0]))  # (B, T, d)
 
-    def remember(self, x: torch.Tensor, last: torch.Tensor, rows: torch.Tensor | None = None,
-                 tokens: torch.Tensor | None = None) -> dict:
+    def remember(self, x: torch.Tensor, last: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
         """loop_span=answer: every layer's keys and values at positions < last (B,), from one causal pass; with
-        `rows` (Q,), query j's of row rows[j] of x before last[j] (Q,), the pass run once per row of x.
-        `tokens` (B, T, d): token_values' token rows of x's positions."""
-        _, keys, values = self._layers(x, keep=True, tokens=tokens)
+        `rows` (Q,), query j's of row rows[j] of x before last[j] (Q,), the pass run once per row of x."""
+        _, keys, values = self._layers(x, keep=True)
         if rows is not None:
             keys, values = [k[rows] for k in keys], [v[rows] for v in values]
         before = torch.arange(x.shape[1], device=x.device)[None, :] < last[:, None]  # (Q, T)
         memory = {"keys": keys, "values": values, "before": before, "last": last}
-        if tokens is not None:  # the answer position's own token row, for its own value at every loop
-            tokens = tokens if rows is None else tokens[rows]
-            memory["tokens"] = tokens[torch.arange(len(last), device=x.device), last][:, None]  # (Q, 1, d)
         if self.positions == "conv":  # the answer position's window: the CONV_K - 1 inputs before it
             back = last[:, None] - CONV_K + 1 + torch.arange(CONV_K - 1, device=x.device)  # (Q, K - 1)
             rows = torch.arange(len(last), device=x.device) if rows is None else rows
@@ -110,11 +90,8 @@ class TransformerCore(nn.Module):
         itself, as position `last` of `forward` does."""
         B = a.shape[0]
         h = self._conv(a[:, None], memory.get("tail"))[:, 0]
-        last_layer = len(self.encoder.layers) - 1
-        for i, (layer, k_mem, v_mem) in enumerate(zip(self.encoder.layers, memory["keys"], memory["values"])):
+        for layer, k_mem, v_mem in zip(self.encoder.layers, memory["keys"], memory["values"]):
             q, k, v = self._qkv(layer, h[:, None], memory["last"][:, None])  # (B, heads, 1, head_dim)
-            if i == last_layer:
-                v = self._token_values(v, memory.get("tokens"))
             keys, values = torch.cat([k_mem, k], 2), torch.cat([v_mem, v], 2)  # (B, heads, T + 1, head_dim)
             mask = F.pad(memory["before"], (0, 1), value=True)[:, None, None]  # (B, 1, 1, T + 1)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, heads, 1, head_dim)
