@@ -1,0 +1,96 @@
+"""Where a Transformer core's loops look: each attention layer's weights at each loop of chain prompts.
+
+    python benchmarks/answer_attention.py RUN DATA.jsonl [--n N] [-o OUT.json]
+
+For a `core=transformer loop_span=answer` run on chain prompts (statements `X = Y.`), loops the first N examples of
+DATA teacher-forced, as training does (feedback=pointer: loop k is fed the key of target k - 1), and at each loop
+reads the attention from the answer position. For each loop's target word T it
+sums the attention (each layer, mean over heads) on T's own position in the statement that names it (`N = T.`:
+the position holding T with `.` after it), on that statement's full stop, its name N (the token two before T; a
+name of two tokens puts its second there) and its `=`, on the loop's own position, and elsewhere; separately for
+the pointer loops (T a name) and the answer loop (T the value word). Prints and writes the means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import rlf.cores.transformer as transformer
+from rlf.cache import tokenize_prompts
+from rlf.tasks.schema import read_jsonl
+from rlf.model import loop_targets
+from rlf.train import load_run, target_ids_of
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run")
+    ap.add_argument("data")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("-o", "--out", type=Path)
+    args = ap.parse_args()
+    run = load_run(args.run)
+    model, cfg = run.model, run.config
+    if model.cfg.core != "transformer" or model.cfg.loop_span != "answer":
+        raise SystemExit(f"{args.run}: needs core=transformer loop_span=answer")
+    examples = read_jsonl(args.data)[: args.n]
+    prompts = [ex.prompt for ex in examples]
+    x, lengths, extra = run.encode_with_ids(prompts)
+    ids = tokenize_prompts(run.base, cfg.template, prompts)
+    tids = target_ids_of(examples, run.base.tokenizer, args.data)
+    stop = run.base.tokenizer.convert_tokens_to_ids(".")
+
+    seen = []  # the attention weights of every scaled_dot_product_attention call with a mask (recall's)
+    sdpa = F.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, **kw):
+        if attn_mask is not None:
+            w = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).masked_fill(~attn_mask, float("-inf")).softmax(-1)
+            seen.append(w.mean(1)[:, 0])  # (B, T + 1), mean over heads
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    n_layers = len(model.core.encoder.layers)
+    L = max(map(len, tids))
+    teacher = loop_targets(tids, model.halt_id, L + 1)
+    transformer.F.scaled_dot_product_attention = recording
+    try:
+        with torch.no_grad():
+            model(x, lengths, L, teacher=teacher, **extra)  # teacher forcing is used by feedback=pointer only
+    finally:
+        transformer.F.scaled_dot_product_attention = sdpa
+    parts = ("target", "full_stop", "statement_name", "equals", "self", "elsewhere")
+    sums = {f"layer{layer}_{kind}": dict.fromkeys((*parts, "n"), 0.0) for layer in range(n_layers)
+            for kind in ("pointer", "answer")}
+    for k in range(L):
+        for layer in range(n_layers):
+            w = seen[k * n_layers + layer]  # (B, T + 1): loop k's attention at this layer; column T is the loop's own
+            for b, t in enumerate(tids):
+                if k >= len(t):
+                    continue
+                row = ids[b]
+                at = [j for j in range(len(row) - 1) if row[j] == t[k] and row[j + 1] == stop]
+                if len(at) != 1:
+                    continue  # not one statement naming it (cannot happen in generated chains)
+                j = at[0]
+                got = {"target": float(w[b, j]), "full_stop": float(w[b, j + 1]), "statement_name": float(w[b, j - 2]),
+                       "equals": float(w[b, j - 1]), "self": float(w[b, -1])}
+                got["elsewhere"] = 1 - sum(got.values())
+                s = sums[f"layer{layer}_{'answer' if k == len(t) - 1 else 'pointer'}"]
+                for key, v in got.items():
+                    s[key] += v
+                s["n"] += 1
+    out = {"run": args.run, "data": args.data, "n_examples": len(examples),
+           "mean_attention": {kind: {key: (round(v / s["n"], 4) if key != "n" else v) for key, v in s.items()}
+                              for kind, s in sums.items()}}
+    print(json.dumps(out["mean_attention"]))
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
