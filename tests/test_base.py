@@ -1,4 +1,5 @@
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -82,3 +83,19 @@ def test_embedded_default_loads_and_round_trips(embedded_base):
     assert embedded_base.encoder_layers == 6 and len(embedded_base.tokenizer) == 49152
     h, lengths = embedded_base.encode([text])
     assert h.shape == (1, int(lengths[0]), 576) and torch.isfinite(h).all()
+
+
+def test_a_gguf_is_keyed_by_its_bytes_not_its_path_or_time(tmp_path):
+    """The embedded base's fingerprint (and so every encoding cached under it) survives a reinstall of the same
+    package, which writes the same file at a new time (a fresh .venv), and changes with the file's contents."""
+    from rlf.base import _file_key
+
+    a, b = tmp_path / "a.gguf", tmp_path / "sub" / "b.gguf"
+    b.parent.mkdir()
+    data = bytes(range(256)) * 40_000  # more than one read chunk
+    a.write_bytes(data)
+    b.write_bytes(data)
+    os.utime(b, ns=(1, 1))
+    assert _file_key(a) == _file_key(b)
+    b.write_bytes(data[:-1] + b"\x00")
+    assert _file_key(a) != _file_key(b)

@@ -55,8 +55,13 @@ def cache_root() -> Path:
 
 
 def _file_key(path: Path) -> str:
-    st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    """A key of the file's bytes (not its path or time: reinstalling the same package, as a fresh virtual environment
+    does, keeps every encoding cached under it; ~0.2 s for the embedded 98 MB GGUF)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def _converted_dir(gguf: Path, what: str) -> Path:
