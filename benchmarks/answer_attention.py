@@ -8,7 +8,10 @@ reads the attention from the answer position. For each loop's target word T it
 sums the attention (each layer, mean over heads) on T's own position in the statement that names it (`N = T.`:
 the position holding T with `.` after it), on that statement's full stop, its name N (the token two before T; a
 name of two tokens puts its second there) and its `=`, on the loop's own position, and elsewhere; separately for
-the pointer loops (T a name) and the answer loop (T the value word). Prints and writes the means.
+the pointer loops (T a name) and the answer loop (T the value word); and the attention on T of the head that puts the
+most there (`target_best_head`). Also, per head, how often the token at the position it attends to most is the
+loop's target (the copy read-out that head would give), beside how often the model's own read-out is right.
+Prints and writes the means.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def main() -> None:
     def recording(q, k, v, attn_mask=None, **kw):
         if attn_mask is not None:
             w = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).masked_fill(~attn_mask, float("-inf")).softmax(-1)
-            seen.append(w.mean(1)[:, 0])  # (B, T + 1), mean over heads
+            seen.append(w[:, :, 0])  # (B, heads, T + 1)
         return sdpa(q, k, v, attn_mask=attn_mask, **kw)
 
     n_layers = len(model.core.encoder.layers)
@@ -60,15 +63,16 @@ def main() -> None:
     transformer.F.scaled_dot_product_attention = recording
     try:
         with torch.no_grad():
-            model(x, lengths, L, teacher=teacher, **extra)  # teacher forcing is used by feedback=pointer only
+            logits = model(x, lengths, L, teacher=teacher, **extra)  # teacher forcing: feedback=pointer only
     finally:
         transformer.F.scaled_dot_product_attention = sdpa
-    parts = ("target", "full_stop", "statement_name", "equals", "self", "elsewhere")
+    parts = ("target", "full_stop", "statement_name", "equals", "self", "elsewhere", "target_best_head")
     sums = {f"layer{layer}_{kind}": dict.fromkeys((*parts, "n"), 0.0) for layer in range(n_layers)
             for kind in ("pointer", "answer")}
     for k in range(L):
         for layer in range(n_layers):
-            w = seen[k * n_layers + layer]  # (B, T + 1): loop k's attention at this layer; column T is the loop's own
+            heads = seen[k * n_layers + layer]  # (B, heads, T + 1): loop k's at this layer; column T is the loop's own
+            w = heads.mean(1)
             for b, t in enumerate(tids):
                 if k >= len(t):
                     continue
@@ -80,14 +84,38 @@ def main() -> None:
                 got = {"target": float(w[b, j]), "full_stop": float(w[b, j + 1]), "statement_name": float(w[b, j - 2]),
                        "equals": float(w[b, j - 1]), "self": float(w[b, -1])}
                 got["elsewhere"] = 1 - sum(got.values())
+                got["target_best_head"] = float(heads[b, :, j].max())
                 s = sums[f"layer{layer}_{'answer' if k == len(t) - 1 else 'pointer'}"]
                 for key, v in got.items():
                     s[key] += v
                 s["n"] += 1
+    # the copy read-out each head would give: the token at the position it attends to most (its own position: none),
+    # right or not, against the model's own read-out (teacher-forced), per kind of loop
+    copy = {f"{kind}_loop": {"n": 0, "read_out_right": 0, **{f"layer{layer}_head{h}_copy_right": 0
+                                                              for layer in range(n_layers)
+                                                              for h in range(seen[0].shape[1])}}
+            for kind in ("pointer", "answer")}
+    for k in range(L):
+        for b, t in enumerate(tids):
+            if k >= len(t):
+                continue
+            c = copy[f"{'answer' if k == len(t) - 1 else 'pointer'}_loop"]
+            c["n"] += 1
+            c["read_out_right"] += int(logits[b, k].argmax()) == t[k]
+            for layer in range(n_layers):
+                top = seen[k * n_layers + layer][b].argmax(-1)  # (heads,)
+                for h, pos in enumerate(top.tolist()):
+                    c[f"layer{layer}_head{h}_copy_right"] += pos < len(ids[b]) and ids[b][pos] == t[k]
     out = {"run": args.run, "data": args.data, "n_examples": len(examples),
            "mean_attention": {kind: {key: (round(v / s["n"], 4) if key != "n" else v) for key, v in s.items()}
                               for kind, s in sums.items()}}
+    out["copy_from_heads"] = copy
+    for kind, c in copy.items():
+        best = max((key for key in c if key.endswith("copy_right")), key=lambda key: c[key])
+        out[f"{kind}_best_copy_head"] = {"head": best, "right": c[best], "read_out_right": c["read_out_right"],
+                                         "n": c["n"]}
     print(json.dumps(out["mean_attention"]))
+    print(json.dumps({k: v for k, v in out.items() if k.endswith("best_copy_head")}))
     if args.out:
         args.out.write_text(json.dumps(out, indent=1) + "\n")
 
