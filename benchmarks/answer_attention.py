@@ -109,6 +109,31 @@ def main() -> None:
     out = {"run": args.run, "data": args.data, "n_examples": len(examples),
            "mean_attention": {kind: {key: (round(v / s["n"], 4) if key != "n" else v) for key, v in s.items()}
                               for kind, s in sums.items()}}
+    # read-outs that combine the two, scored on the same loops: the read-out restricted to the prompt's words and
+    # <HALT>, and that restricted read-out's log-probabilities plus lam x the log of the best copy head's attention
+    # mass on each word's positions (a product of experts; <HALT> gets the head's mass on no word, its own position)
+    key = max((key for key in copy["answer_loop"] if key.endswith("copy_right")), key=lambda key: copy["answer_loop"][key])
+    best_layer, best_head = int(key.split("_")[0][5:]), int(key.split("_")[1][4:])
+    combos = {f"{kind}_loop": {"n": 0, "restricted": 0, **{f"poe_lam{lam}": 0 for lam in (0.5, 1, 2)}}
+              for kind in ("pointer", "answer")}
+    V = logits.shape[-1] - 1
+    for k in range(L):
+        att = seen[k * n_layers + best_layer][:, best_head]  # (B, T + 1)
+        for b, t in enumerate(tids):
+            if k >= len(t):
+                continue
+            c = combos[f"{'answer' if k == len(t) - 1 else 'pointer'}_loop"]
+            c["n"] += 1
+            row = torch.tensor(ids[b])
+            words = torch.cat([row.unique(), torch.tensor([V])])  # the prompt's words and <HALT>
+            logp = logits[b, k].float().log_softmax(-1)[words]
+            c["restricted"] += int(words[logp.argmax()]) == t[k]
+            mass = torch.zeros(len(words))
+            mass.index_add_(0, torch.searchsorted(words[:-1], row), att[b, : len(row)].float())
+            mass[-1] = att[b, -1]
+            for lam in (0.5, 1, 2):
+                c[f"poe_lam{lam}"] += int(words[(logp + lam * mass.clamp_min(1e-6).log()).argmax()]) == t[k]
+    out["combined_read_outs"] = {"copy_head": key, **combos}
     out["copy_from_heads"] = copy
     for kind, c in copy.items():
         best = max((key for key in c if key.endswith("copy_right")), key=lambda key: c[key])
