@@ -3,15 +3,17 @@
     python benchmarks/answer_attention.py RUN DATA.jsonl [--n N] [-o OUT.json]
 
 For a `core=transformer loop_span=answer` run on chain prompts (statements `X = Y.`), loops the first N examples of
-DATA teacher-forced, as training does (feedback=pointer: loop k is fed the key of target k - 1), and at each loop
-reads the attention from the answer position. For each loop's target word T it
-sums the attention (each layer, mean over heads) on T's own position in the statement that names it (`N = T.`:
-the position holding T with `.` after it), on that statement's full stop, its name N (the token two before T; a
-name of two tokens puts its second there) and its `=`, on the loop's own position, and elsewhere; separately for
-the pointer loops (T a name) and the answer loop (T the value word); and the attention on T of the head that puts the
-most there (`target_best_head`). Also, per head, how often the token at the position it attends to most is the
-loop's target (the copy read-out that head would give), beside how often the model's own read-out is right.
-Prints and writes the means.
+DATA teacher-forced, as training does (feedback=pointer: loop k is fed the key of target k - 1), and reads the
+attention from the answer position at each loop. For each loop's target word T, at its position j in the statement
+that names it (`N = T.`: the position holding T with `.` after it), separately for the pointer loops (T a name) and
+the answer loop (T the value word):
+- per layer, the attention (mean over heads) on j, on the full stop j + 1, on j - 2 (the name N; its second token if
+  it has two) and j - 1 (`=`), on the loop's own position, and elsewhere; and the attention on j of the head that
+  puts the most there (`target_best_head`);
+- per head, how often the position it attends to most holds T (the copy read-out that head would give), beside
+  how often the model's own read-out is right;
+- with the best such head for the answer loop, how often the read-outs of benchmarks/copy_readout_eval.py are right
+  (restricted to the prompt's words and <HALT>; that plus lam x log of the head's mass per word, lam 0.5 / 1 / 2).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-import rlf.cores.transformer as transformer
-from rlf.cache import tokenize_prompts
-from rlf.tasks.schema import read_jsonl
+from copy_readout_eval import encode, recording_attention, restricted_logp
 from rlf.model import loop_targets
+from rlf.tasks.schema import read_jsonl
 from rlf.train import load_run, target_ids_of
+
+PARTS = ("target", "full_stop", "statement_name", "equals", "self")
+LAMS = (0.5, 1, 2)
 
 
 def main() -> None:
@@ -38,109 +41,60 @@ def main() -> None:
     ap.add_argument("-o", "--out", type=Path)
     args = ap.parse_args()
     run = load_run(args.run)
-    model, cfg = run.model, run.config
+    model = run.model
     if model.cfg.core != "transformer" or model.cfg.loop_span != "answer":
         raise SystemExit(f"{args.run}: needs core=transformer loop_span=answer")
     examples = read_jsonl(args.data)[: args.n]
-    prompts = [ex.prompt for ex in examples]
-    x, lengths, extra = run.encode_with_ids(prompts)
-    ids = tokenize_prompts(run.base, cfg.template, prompts)
+    x, lengths, ids, extra = encode(run, [ex.prompt for ex in examples])
     tids = target_ids_of(examples, run.base.tokenizer, args.data)
     stop = run.base.tokenizer.convert_tokens_to_ids(".")
-
-    seen = []  # the attention weights of every scaled_dot_product_attention call with a mask (recall's)
-    sdpa = F.scaled_dot_product_attention
-
-    def recording(q, k, v, attn_mask=None, **kw):
-        if attn_mask is not None:
-            w = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).masked_fill(~attn_mask, float("-inf")).softmax(-1)
-            seen.append(w[:, :, 0])  # (B, heads, T + 1)
-        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
-
-    n_layers = len(model.core.encoder.layers)
     L = max(map(len, tids))
-    teacher = loop_targets(tids, model.halt_id, L + 1)
-    transformer.F.scaled_dot_product_attention = recording
-    try:
-        with torch.no_grad():
-            logits = model(x, lengths, L, teacher=teacher, **extra)  # teacher forcing: feedback=pointer only
-    finally:
-        transformer.F.scaled_dot_product_attention = sdpa
-    parts = ("target", "full_stop", "statement_name", "equals", "self", "elsewhere", "target_best_head")
-    sums = {f"layer{layer}_{kind}": dict.fromkeys((*parts, "n"), 0.0) for layer in range(n_layers)
-            for kind in ("pointer", "answer")}
-    for k in range(L):
+    with recording_attention() as seen, torch.no_grad():
+        logits = model(x, lengths, L, teacher=loop_targets(tids, model.halt_id, L + 1), **extra)
+    n_layers = len(model.core.encoder.layers)
+    att = torch.stack(seen).view(L, n_layers, *seen[0].shape)  # (loops, layers, B, heads, T + 1)
+
+    # every supervised (loop, example) pair: its kind and its target's position j (one statement names each word)
+    B = len(examples)
+    pairs = [(k, b, "answer" if k == len(t) - 1 else "pointer") for k in range(L) for b, t in enumerate(tids)
+             if k < len(t)]
+    j = torch.tensor([int(((ids[b, :-1] == tids[b][k]) & (ids[b, 1:] == stop)).nonzero().item()) for k, b, _ in pairs])
+    k_, b_ = torch.tensor([k for k, _, _ in pairs]), torch.tensor([b for _, b, _ in pairs])
+    target = torch.tensor([tids[b][k] for k, b, _ in pairs])
+    heads = att[k_, :, b_]  # (P, layers, heads, T + 1)
+    mean = heads.mean(2)  # (P, layers, T + 1)
+    at = lambda offset: mean.gather(2, (j + offset)[:, None, None].expand(-1, n_layers, 1))[..., 0]  # noqa: E731
+    parts = {"target": at(0), "full_stop": at(1), "statement_name": at(-2), "equals": at(-1), "self": mean[..., -1]}
+    parts["elsewhere"] = 1 - sum(parts.values())
+    parts["target_best_head"] = heads.gather(3, j[:, None, None, None].expand(-1, n_layers, heads.shape[2], 1)
+                                             )[..., 0].max(-1).values
+    read_out_right = logits[b_, k_].argmax(-1) == target
+    top = heads.argmax(-1).clamp_max(ids.shape[1] - 1)  # (P, layers, heads): a head's most-attended position
+    copy_right = (ids[b_][:, None, None, :].expand(-1, n_layers, heads.shape[2], -1).gather(3, top[..., None])[..., 0]
+                  == target[:, None, None]) & (heads.argmax(-1) < ids.shape[1])
+
+    kinds = {kind: torch.tensor([kd == kind for _, _, kd in pairs]) for kind in ("pointer", "answer")}
+    out = {"run": args.run, "data": args.data, "n_examples": B, "mean_attention": {}, "copy_from_heads": {}}
+    for kind, sel in kinds.items():
         for layer in range(n_layers):
-            heads = seen[k * n_layers + layer]  # (B, heads, T + 1): loop k's at this layer; column T is the loop's own
-            w = heads.mean(1)
-            for b, t in enumerate(tids):
-                if k >= len(t):
-                    continue
-                row = ids[b]
-                at = [j for j in range(len(row) - 1) if row[j] == t[k] and row[j + 1] == stop]
-                if len(at) != 1:
-                    continue  # not one statement naming it (cannot happen in generated chains)
-                j = at[0]
-                got = {"target": float(w[b, j]), "full_stop": float(w[b, j + 1]), "statement_name": float(w[b, j - 2]),
-                       "equals": float(w[b, j - 1]), "self": float(w[b, -1])}
-                got["elsewhere"] = 1 - sum(got.values())
-                got["target_best_head"] = float(heads[b, :, j].max())
-                s = sums[f"layer{layer}_{'answer' if k == len(t) - 1 else 'pointer'}"]
-                for key, v in got.items():
-                    s[key] += v
-                s["n"] += 1
-    # the copy read-out each head would give: the token at the position it attends to most (its own position: none),
-    # right or not, against the model's own read-out (teacher-forced), per kind of loop
-    copy = {f"{kind}_loop": {"n": 0, "read_out_right": 0, **{f"layer{layer}_head{h}_copy_right": 0
-                                                              for layer in range(n_layers)
-                                                              for h in range(seen[0].shape[1])}}
-            for kind in ("pointer", "answer")}
-    for k in range(L):
-        for b, t in enumerate(tids):
-            if k >= len(t):
-                continue
-            c = copy[f"{'answer' if k == len(t) - 1 else 'pointer'}_loop"]
-            c["n"] += 1
-            c["read_out_right"] += int(logits[b, k].argmax()) == t[k]
-            for layer in range(n_layers):
-                top = seen[k * n_layers + layer][b].argmax(-1)  # (heads,)
-                for h, pos in enumerate(top.tolist()):
-                    c[f"layer{layer}_head{h}_copy_right"] += pos < len(ids[b]) and ids[b][pos] == t[k]
-    out = {"run": args.run, "data": args.data, "n_examples": len(examples),
-           "mean_attention": {kind: {key: (round(v / s["n"], 4) if key != "n" else v) for key, v in s.items()}
-                              for kind, s in sums.items()}}
-    # read-outs that combine the two, scored on the same loops: the read-out restricted to the prompt's words and
-    # <HALT>, and that restricted read-out's log-probabilities plus lam x the log of the best copy head's attention
-    # mass on each word's positions (a product of experts; <HALT> gets the head's mass on no word, its own position)
-    key = max((key for key in copy["answer_loop"] if key.endswith("copy_right")), key=lambda key: copy["answer_loop"][key])
-    best_layer, best_head = int(key.split("_")[0][5:]), int(key.split("_")[1][4:])
-    combos = {f"{kind}_loop": {"n": 0, "restricted": 0, **{f"poe_lam{lam}": 0 for lam in (0.5, 1, 2)}}
-              for kind in ("pointer", "answer")}
-    V = logits.shape[-1] - 1
-    for k in range(L):
-        att = seen[k * n_layers + best_layer][:, best_head]  # (B, T + 1)
-        for b, t in enumerate(tids):
-            if k >= len(t):
-                continue
-            c = combos[f"{'answer' if k == len(t) - 1 else 'pointer'}_loop"]
-            c["n"] += 1
-            row = torch.tensor(ids[b])
-            words = torch.cat([row.unique(), torch.tensor([V])])  # the prompt's words and <HALT>
-            logp = logits[b, k].float().log_softmax(-1)[words]
-            c["restricted"] += int(words[logp.argmax()]) == t[k]
-            mass = torch.zeros(len(words))
-            mass.index_add_(0, torch.searchsorted(words[:-1], row), att[b, : len(row)].float())
-            mass[-1] = att[b, -1]
-            for lam in (0.5, 1, 2):
-                c[f"poe_lam{lam}"] += int(words[(logp + lam * mass.clamp_min(1e-6).log()).argmax()]) == t[k]
-    out["combined_read_outs"] = {"copy_head": key, **combos}
-    out["copy_from_heads"] = copy
-    for kind, c in copy.items():
-        best = max((key for key in c if key.endswith("copy_right")), key=lambda key: c[key])
-        out[f"{kind}_best_copy_head"] = {"head": best, "right": c[best], "read_out_right": c["read_out_right"],
-                                         "n": c["n"]}
+            out["mean_attention"][f"layer{layer}_{kind}"] = {
+                **{name: round(float(v[sel, layer].mean()), 4) for name, v in parts.items()}, "n": int(sel.sum())}
+        counts = copy_right[sel].sum(0)  # (layers, heads)
+        best = divmod(int(counts.argmax()), counts.shape[1])
+        out["copy_from_heads"][f"{kind}_loop"] = {"n": int(sel.sum()), "read_out_right": int(read_out_right[sel].sum()),
+                                                  "right_per_layer_head": counts.tolist(),
+                                                  "best_head": list(best), "best_head_right": int(counts.max())}
+    layer, head = out["copy_from_heads"]["answer_loop"]["best_head"]
+    z, a = logits[b_, k_], heads[:, layer, head]
+    combined = {"restricted": restricted_logp(z, ids[b_]).argmax(-1) == target,
+                **{f"poe_lam{lam}": restricted_logp(z, ids[b_], a, lam).argmax(-1) == target for lam in LAMS}}
+    out["combined_read_outs"] = {"copy_head": [layer, head], **{
+        f"{kind}_loop": {"n": int(sel.sum()), **{name: int(right[sel].sum()) for name, right in combined.items()}}
+        for kind, sel in kinds.items()}}
     print(json.dumps(out["mean_attention"]))
-    print(json.dumps({k: v for k, v in out.items() if k.endswith("best_copy_head")}))
+    print(json.dumps({kind: {k: v for k, v in c.items() if k != "right_per_layer_head"}
+                      for kind, c in out["copy_from_heads"].items()}))
+    print(json.dumps(out["combined_read_outs"]))
     if args.out:
         args.out.write_text(json.dumps(out, indent=1) + "\n")
 

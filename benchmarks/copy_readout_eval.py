@@ -6,23 +6,73 @@ Each loop's word (and, with feedback=pointer, the softmax its next key is built 
 `read_out` (the model as trained), `restricted` (the read-out over the prompt's words and <HALT> only), `poe` (the
 restricted read-out's log-probabilities plus lam x the log of attention head LAYER,HEAD's mass on each word's
 positions at that loop; <HALT> gets the head's mass on the loop's own position). Scores trace accuracy (every
-pointer, the answer, <HALT> at the right loop) and answer accuracy with Wilson intervals. Choose the head and lam
-on validation data (benchmarks/answer_attention.py), not on the sets scored here.
+pointer, the answer, <HALT> at the right loop) and answer accuracy with Wilson intervals, as `rlf eval` does
+(rlf.evaluate.score). Choose the head and lam on validation data (benchmarks/answer_attention.py), not on the sets
+scored here.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 import rlf.cores.transformer as transformer
-from rlf.evaluate import rate
+from rlf.cache import tokenize_prompts
+from rlf.evaluate import score, summarize
 from rlf.tasks.schema import read_jsonl
-from rlf.train import load_run, target_ids_of
+from rlf.train import load_run, pad_ids, target_ids_of
+
+MODES = ("read_out", "restricted", "poe")
+
+
+@contextlib.contextmanager
+def recording_attention():
+    """While active, every attention call with a mask (the answer-span core's recall, one per layer and loop) appends
+    its weights (B, heads, T + 1) to the yielded list; column T is the loop's own position."""
+    seen, sdpa = [], F.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, **kw):
+        if attn_mask is not None:
+            w = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).masked_fill(~attn_mask, float("-inf")).softmax(-1)
+            seen.append(w[:, :, 0])
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    transformer.F.scaled_dot_product_attention = recording
+    try:
+        yield seen
+    finally:
+        transformer.F.scaled_dot_product_attention = sdpa
+
+
+def encode(run, prompts: list[str]):
+    """Encodings, lengths, the prompts' token ids (B, T; -1 past each end) and what the model takes beside them;
+    the prompts are tokenised once (a feedback=pointer run's model inputs already hold the ids)."""
+    x, lengths, extra = run.encode_with_ids(prompts)
+    ids = extra.get("prompt_ids")
+    if ids is None:
+        ids = pad_ids(tokenize_prompts(run.base, run.config.template, prompts), x.shape[1])
+    return x, lengths, ids, extra
+
+
+def restricted_logp(z: torch.Tensor, ids: torch.Tensor, att: torch.Tensor | None = None, lam: float = 1.0):
+    """Read-out logits z (B, V + 1; <HALT> last) as log-probabilities over the prompt's words and <HALT> only (the
+    rest -inf); with `att` (B, T + 1), one head's attention at that loop, plus lam x log of its mass on each word's
+    positions (<HALT>: its mass on the loop's own position)."""
+    V = z.shape[-1] - 1
+    allowed = torch.zeros_like(z, dtype=torch.bool).scatter_(1, ids.clamp_min(0), ids >= 0)
+    allowed[:, V] = True
+    logp = z.float().log_softmax(-1).masked_fill(~allowed, float("-inf"))
+    if att is None:
+        return logp
+    mass = torch.zeros_like(logp).scatter_add_(1, ids.clamp_min(0), att[:, : ids.shape[1]].float() * (ids >= 0))
+    mass[:, V] = att[:, -1]
+    return logp + lam * mass.clamp_min(1e-6).log()
 
 
 def main() -> None:
@@ -39,60 +89,38 @@ def main() -> None:
     run = load_run(args.run)
     model = run.model
     n_layers = len(model.core.encoder.layers)
-    V = model.cfg.vocab_size
-    sdpa, seen = F.scaled_dot_product_attention, []
-
-    def recording(q, k, v, attn_mask=None, **kw):
-        if attn_mask is not None:
-            seen.append((q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).masked_fill(~attn_mask, float("-inf"))
-                        .softmax(-1)[:, head, 0])  # (B, T + 1)
-        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
-
     plain_head, state = model.head, {}
 
-    def head_fn(h):
+    def head_fn(h):  # the read-out of the mode in `state`, at the loop whose attention was recorded last
         z = plain_head(h)
         if state["mode"] == "read_out":
             return z
-        logp = z.float().log_softmax(-1).masked_fill(~state["allowed"], float("-inf"))
-        if state["mode"] == "poe":
-            att = seen[-n_layers + layer]  # this loop's attention at LAYER
-            ids = state["ids"]
-            mass = torch.zeros_like(logp).scatter_add_(1, ids.clamp_min(0), att[:, : ids.shape[1]] * (ids >= 0))
-            mass[:, V] = att[:, -1]
-            logp = logp + args.lam * mass.clamp_min(1e-6).log()
-        return logp
+        att = state["seen"][-n_layers + layer][:, head] if state["mode"] == "poe" else None
+        return restricted_logp(z, state["ids"], att, args.lam)
 
     out = {"run": args.run, "head": args.head, "lam": args.lam, "sets": {}}
-    transformer.F.scaled_dot_product_attention = recording
     model.head = head_fn
     try:
-        for path in args.data:
-            examples = read_jsonl(path)[: args.n]
-            tids = target_ids_of(examples, run.base.tokenizer, path)
-            res = {}
-            for mode in ("read_out", "restricted", "poe"):
-                trace = answer = 0
+        with recording_attention() as seen, torch.no_grad():
+            for path in args.data:
+                examples = read_jsonl(path)[: args.n]
+                tids = target_ids_of(examples, run.base.tokenizer, path)
+                tokens = {mode: [] for mode in MODES}
                 for i in range(0, len(examples), args.batch):
-                    batch, t = examples[i : i + args.batch], tids[i : i + args.batch]
-                    x, lengths, extra = run.encode_with_ids([ex.prompt for ex in batch])
-                    ids = extra.get("prompt_ids")
-                    allowed = torch.zeros(len(batch), V + 1, dtype=torch.bool)
-                    allowed.scatter_(1, ids.clamp_min(0), ids >= 0)
-                    allowed[:, V] = True
-                    state.update(mode=mode, allowed=allowed, ids=ids)
-                    seen.clear()
-                    with torch.no_grad():
-                        got = model.solve(x, lengths, max(map(len, t)) * 2 + 2, **extra)["tokens"]
-                    for b, want in enumerate(t):
-                        row = got[b].tolist() + [V] * (len(want) + 1)
-                        trace += row[: len(want) + 1] == [*want, V]
-                        answer += row[len(want) - 1] == want[-1]
-                res[mode] = {"trace": rate(trace, len(examples)), "answer": rate(answer, len(examples))}
-                print(Path(path).stem, mode, json.dumps(res[mode]))
-            out["sets"][Path(path).stem] = res
+                    x, lengths, ids, extra = encode(run, [ex.prompt for ex in examples[i : i + args.batch]])
+                    limit = 2 * max(map(len, tids[i : i + args.batch])) + 2
+                    for mode in MODES:
+                        state.update(mode=mode, ids=ids, seen=seen)
+                        seen.clear()
+                        t = model.solve(x, lengths, limit, **extra)["tokens"].numpy()
+                        tokens[mode] += [row for row in t]
+                res = {}
+                for mode in MODES:
+                    s = summarize(score(tokens[mode], np.zeros((len(examples), 1)), tids, model.halt_id))
+                    res[mode] = {"trace": s["trace_acc"], "answer": s["answer_acc"]}
+                    print(Path(path).stem, mode, json.dumps(res[mode]))
+                out["sets"][Path(path).stem] = res
     finally:
-        transformer.F.scaled_dot_product_attention = sdpa
         model.head = plain_head
     if args.out:
         args.out.write_text(json.dumps(out, indent=1) + "\n")
