@@ -49,10 +49,10 @@ def main() -> None:
     tids = target_ids_of(examples, run.base.tokenizer, args.data)
     stop = run.base.tokenizer.convert_tokens_to_ids(".")
     L = max(map(len, tids))
-    with recording_attention() as seen, torch.no_grad():
+    with recording_attention(model.core) as seen, torch.no_grad():
         logits = model(x, lengths, L, teacher=loop_targets(tids, model.halt_id, L + 1), **extra)
     n_layers = len(model.core.encoder.layers)
-    att = torch.stack(seen).view(L, n_layers, *seen[0].shape)  # (loops, layers, B, heads, T + 1)
+    att = torch.stack(seen).transpose(1, 2)  # (loops, layers, B, heads, T + 1)
 
     # every supervised (loop, example) pair: its kind and its target's position j (one statement names each word)
     B = len(examples)

@@ -20,9 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-import rlf.cores.transformer as transformer
 from rlf.cache import tokenize_prompts
 from rlf.evaluate import score, summarize
 from rlf.tasks.schema import read_jsonl
@@ -32,22 +30,21 @@ MODES = ("read_out", "restricted", "poe")
 
 
 @contextlib.contextmanager
-def recording_attention():
-    """While active, every attention call with a mask (the answer-span core's recall, one per layer and loop) appends
-    its weights (B, heads, T + 1) to the yielded list; column T is the loop's own position."""
-    seen, sdpa = [], F.scaled_dot_product_attention
+def recording_attention(core):
+    """While active, each recall of the answer-span Transformer `core` (one per loop) appends its attention weights
+    (B, layers, heads, T + 1; column T is the loop's own position) to the yielded list."""
+    seen, recall = [], core.recall
 
-    def recording(q, k, v, attn_mask=None, **kw):
-        if attn_mask is not None:
-            w = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).masked_fill(~attn_mask, float("-inf")).softmax(-1)
-            seen.append(w[:, :, 0])
-        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+    def recording(memory, a):
+        out = recall(memory, a)
+        seen.append(memory["attention"])
+        return out
 
-    transformer.F.scaled_dot_product_attention = recording
+    core.recall = recording
     try:
         yield seen
     finally:
-        transformer.F.scaled_dot_product_attention = sdpa
+        del core.recall  # the class's method again
 
 
 def encode(run, prompts: list[str]):
@@ -88,20 +85,19 @@ def main() -> None:
     layer, head = map(int, args.head.split(","))
     run = load_run(args.run)
     model = run.model
-    n_layers = len(model.core.encoder.layers)
     plain_head, state = model.head, {}
 
     def head_fn(h):  # the read-out of the mode in `state`, at the loop whose attention was recorded last
         z = plain_head(h)
         if state["mode"] == "read_out":
             return z
-        att = state["seen"][-n_layers + layer][:, head] if state["mode"] == "poe" else None
+        att = state["seen"][-1][:, layer, head] if state["mode"] == "poe" else None
         return restricted_logp(z, state["ids"], att, args.lam)
 
     out = {"run": args.run, "head": args.head, "lam": args.lam, "sets": {}}
     model.head = head_fn
     try:
-        with recording_attention() as seen, torch.no_grad():
+        with recording_attention(model.core) as seen, torch.no_grad():
             for path in args.data:
                 examples = read_jsonl(path)[: args.n]
                 tids = target_ids_of(examples, run.base.tokenizer, path)

@@ -410,3 +410,58 @@ def test_pointer_feedback_refusals():
     model, x, lengths, _ = pointer_setup()
     with pytest.raises(RLFError, match="prompt_ids"):
         model(x, lengths, 2)
+
+
+def copy_setup(seed=1):
+    """A perturbed readout=copy model (transformer core, feedback=pointer) and pointer_setup's prompts and ids."""
+    model = make("transformer", loop_span="answer", feedback="pointer", readout="copy", lifeline="none")
+    perturb(model)
+    _, x, lengths, ids = pointer_setup(seed)
+    return model, x, lengths, ids
+
+
+def test_copy_readout_is_a_product_of_the_head_and_the_attention_over_prompt_words():
+    """A word's logit is the head's plus log of the mixed attention mass on the positions before the answer that hold
+    it; <HALT>'s, plus log of the mass on the answer position itself; every other token is -inf."""
+    model, x, lengths, ids = copy_setup()
+    state, step, _ = model._loop(x, lengths, x, trail=(trail := []))
+    h = step(state, 0)
+    z, att = model.head(h), trail[0]  # att: (B, layers, heads, T + 1)
+    got = model.copy_logits(z, att, ids, lengths)
+    a = (model.copy_mix.softmax(0)[:, None] * att.flatten(1, 2)).sum(1)  # (B, T + 1)
+    for b in range(4):
+        want = torch.full((V + 1,), -torch.inf)
+        n = int(lengths[b]) - 1  # positions before the answer position
+        for w in set(ids[b, :n].tolist()):
+            want[w] = z[b, w] + a[b, :n][ids[b, :n] == w].sum().log()
+        want[V] = z[b, V] + a[b, -1].log()
+        torch.testing.assert_close(got[b], want)
+    assert torch.isinf(got[3, :V]).all()  # a one-token prompt holds no word before its answer position: <HALT> only
+
+
+def test_copy_readout_runs_the_same_in_forward_solve_and_teacher_forcing():
+    model, x, lengths, ids = copy_setup()
+    teacher = torch.randint(0, 20, (4, 3), generator=torch.Generator().manual_seed(4))
+    state, step, _ = model._loop(x, lengths, x, trail=(trail := []))
+    want = []
+    for k in range(3):
+        state = step(state if k == 0 else model.pointer_key(x, ids, lengths, teacher[:, k - 1]), k)
+        want.append(model.copy_logits(model.head(state), trail[-1], ids, lengths))
+    torch.testing.assert_close(model(x, lengths, 3, prompt_ids=ids, teacher=teacher), torch.stack(want, 1))
+    own = model(x, lengths, 3, prompt_ids=ids)
+    out = model.solve(x, lengths, 3, min_loops=3, prompt_ids=ids)
+    for b in range(4):
+        h = int(out["halted_at"][b])
+        end = 3 if h < 0 else h + 1
+        assert torch.equal(out["tokens"][b, :end], own[b, :end].argmax(-1))
+    rows, cut_lengths = torch.tensor([0, 2, 1]), torch.tensor([7, 5, 9])
+    cut = ids[rows].masked_fill(torch.arange(12)[None, :] >= cut_lengths[:, None], -1)
+    torch.testing.assert_close(model(x, cut_lengths, 3, rows=rows, prompt_ids=ids),
+                               model(x[rows], cut_lengths, 3, prompt_ids=cut), atol=1e-5, rtol=1e-5)
+
+
+def test_copy_readout_refusals():
+    with pytest.raises(RLFError, match="readout=copy .* core=transformer and feedback=pointer"):
+        RLFConfig(d_model=D, vocab_size=V, readout="copy", loop_span="answer", feedback="pointer")
+    with pytest.raises(RLFError, match="readout=copy"):
+        RLFConfig(d_model=D, vocab_size=V, readout="copy", core="transformer", loop_span="answer")

@@ -93,6 +93,33 @@ def test_pointer_feedback_trains_through_chains_and_task_and_evaluates(tmp_path,
     assert scored["k"] == round(summary["val_trace_acc"] * 32), (scored, summary)
 
 
+def test_copy_readout_trains_through_the_lookup_warm_up_and_refuses_words_outside_the_prompt(tmp_path, tiny_llama):
+    """readout=copy trains (lookup warm-up, then the task), reloads and evaluates; a target the prompt lacks is refused
+    naming the file and example, and so is the chain warm-up (its cut prompts lack their values)."""
+    over = ("core=transformer", "core_pos=conv", "loop_span=answer", "feedback=pointer", "readout=copy",
+            "lifeline=none", "loop_pos=none", "order=backward", "distractors=1", "n_train=256", "n_val=32",
+            "val_every=40", "ckpt_every=40")
+    cfg = tiny_cfg(tmp_path, *over, "max_steps=40",
+                   "phases=[{name: lookup, steps: 10, overrides: {supervision: lookup}}, {name: main}]")
+    train(cfg, tmp_path / "run", progress=False, base=tiny_llama)
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if '"main"' in x and '"loss"' in x]
+    assert losses[-1] < losses[0], losses
+    run = load_run(tmp_path / "run", base=tiny_llama)
+    assert run.model.cfg.readout == "copy"
+    assert run.solve(["K = moon. P = K. What is P?"], max_loops=4)[0]
+    result = evaluate(tmp_path / "run", run=run, hops="1-2", n=8, ablations="", progress=False, write=False)
+    assert result["splits"]["in-distribution"]["n"] == 16
+    bad = read_jsonl(tmp_path / "run" / "val.jsonl")[:2]
+    bad[1].targets[-1] = "sun" if "sun" not in bad[1].prompt else "star"
+    with pytest.raises(RLFError, match=r"bad\.jsonl: example 2 .* not a word of its prompt"):
+        prepare_split(bad, tiny_llama, run.config, "bad.jsonl", False)
+    chains = tiny_cfg(tmp_path, *over, "max_steps=4",
+                      "phases=[{name: chains, steps: 2, overrides: {supervision: chains}}, {name: main}]")
+    with pytest.raises(RLFError, match="supervision=chains .* readout=copy"):
+        train(chains, tmp_path / "chains", progress=False, base=tiny_llama)
+
+
 def test_train_or_reuse_reads_a_config_saved_before_a_key_existed(tmp_path, monkeypatch):
     cfg = load_config("tiny", [])
     saved = cfg.to_dict()

@@ -57,6 +57,7 @@ class TrainConfig:
     core_pos: Literal["none", "rope", "conv"] = "none"  # transformer core: rotary positions, or a causal conv of width 4
     target_tokens: int = 1  # K: a loop target may be a word of up to K base tokens, read from K slots (1 = one token)
     feedback: Literal["state", "pointer"] = "state"  # loop k >= 1 starts from the last state, or its word's prompt key
+    readout: Literal["head", "copy"] = "head"  # copy: a loop names a prompt word or <HALT>, weighed by core attention
     chunk_size: int = 64
     loop_layers: int = 0  # the seeds' full recipe: this many base layers above encoder_layers run inside the loop
     lora_rank: int = 8  # ... adapted with LoRA of this rank and alpha (only the adapters train)

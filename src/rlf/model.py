@@ -53,11 +53,13 @@ class RLFConfig:
     core_pos: Literal["none", "rope", "conv"] = "none"  # transformer only: rotary attention, or a width-4 causal conv
     target_tokens: int = 1  # K read-out slots per loop: a loop target may be a word of up to K base tokens
     feedback: Literal["state", "pointer"] = "state"  # what loop k >= 1 starts from; see RLFModel.pointer_key
+    readout: Literal["head", "copy"] = "head"  # copy: a loop names a word of its prompt or <HALT>; see copy_logits
 
     def __post_init__(self):
         for name, valid in (("core", ("mamba2", "transformer", "mamba1")), ("lifeline", ("vector", "scalar", "none")),
                             ("loop_pos", ("rope", "learned", "none")), ("loop_span", ("all", "answer")),
-                            ("core_pos", ("none", "rope", "conv")), ("feedback", ("state", "pointer"))):
+                            ("core_pos", ("none", "rope", "conv")), ("feedback", ("state", "pointer")),
+                            ("readout", ("head", "copy"))):
             if getattr(self, name) not in valid:
                 raise RLFError(f"model.{name}={getattr(self, name)!r}: use one of {', '.join(valid)}")
         if self.target_tokens < 1:
@@ -69,6 +71,10 @@ class RLFConfig:
             raise RLFError(f"feedback=pointer replaces the answer state with one word's key: it needs loop_span=answer "
                            f"and target_tokens=1 (this model has loop_span={self.loop_span}, "
                            f"target_tokens={self.target_tokens})")
+        if self.readout == "copy" and (self.core != "transformer" or self.feedback != "pointer"):
+            raise RLFError(f"readout=copy weighs the prompt's words by the core's attention at the answer position: "
+                           f"it needs core=transformer and feedback=pointer (this model has core={self.core}, "
+                           f"feedback={self.feedback})")
         if self.loop_span == "answer":
             clash = [k for k in ("scratchpad", "loop_layers") if getattr(self, k)]
             if self.core not in ("mamba2", "transformer") or clash:
@@ -126,6 +132,9 @@ class RLFModel(nn.Module):
         else:
             self.register_buffer("lm_head", lm_head.detach().float(), persistent=False)
         self.halt_row = nn.Parameter(lm_head.detach().float().mean(0, keepdim=True).clone())  # (1, d)
+        if cfg.readout == "copy":  # a mixture over the core's attention heads, every layer's: uniform at the start
+            layers = getattr(self.core, "inner", self.core).encoder.layers
+            self.copy_mix = nn.Parameter(torch.zeros(len(layers) * layers[0].self_attn.num_heads))
         if cfg.target_tokens > 1:  # slot k reads h + slot_maps[k - 1] h: zero, so every slot starts as slot 0 reads
             self.slot_maps = nn.Parameter(torch.zeros(cfg.target_tokens - 1, d, d))  # (K - 1, d, d), no RNG drawn
         if cfg.loop_layers:  # last, so the other parameters draw the same random numbers with or without it
@@ -164,6 +173,30 @@ class RLFModel(nn.Module):
             w = word.gather(1, ids.clamp_min(0)) * valid
         w = w.to(x_prompt.dtype)
         return torch.einsum("bt,btd->bd", w / w.sum(1, keepdim=True).clamp_min(1e-9), x_prompt)
+
+    def copy_logits(self, z: torch.Tensor, attention: torch.Tensor, prompt_ids: torch.Tensor, lengths: torch.Tensor
+                    ) -> torch.Tensor:
+        """readout=copy: the head's logits z (B, ..., V + 1) of loops whose core attention at the answer position was
+        `attention` (B, ..., layers, heads, T + 1; column T the answer position itself) as a product of experts
+        over the words of the prompt before the answer position and <HALT> (every other token -inf): a word's logit
+        is the head's plus the log of the attention mass on its positions under a learned mixture of the heads;
+        <HALT>'s, the head's plus the log of the mass on the answer position itself (nothing left to look up).
+
+        The answer loop's loss so reaches the attention that found the value word, where the frozen head alone
+        could not name it (a conv-Transformer run's lookup head held the value in 197 of 200 validation chains,
+        its head read-out named 6; benchmarks/answer_attention.py). `prompt_ids` (B, >= T), -1 past an end."""
+        T, V = attention.shape[-1] - 1, self.cfg.vocab_size
+        ids = prompt_ids[:, :T].to(z.device)
+        ids = torch.where(torch.arange(T, device=z.device)[None, :] < lengths[:, None].to(z.device) - 1, ids, -1)
+        ids = ids.view(ids.shape[0], *[1] * (z.dim() - 2), T).expand(*z.shape[:-1], T)  # (B, ..., T)
+        index = torch.where(ids >= 0, ids, V)  # a position holding no word lands on <HALT>, which is set below
+        mix = self.copy_mix.softmax(0).to(attention.dtype)
+        a = torch.einsum("n,...nt->...t", mix, attention.flatten(-3, -2))  # (B, ..., T + 1)
+        mass = torch.zeros_like(z).scatter_add(-1, index, a[..., :T] * (ids >= 0))
+        mass = torch.cat([mass[..., :V], a[..., T:]], -1)  # (B, ..., V + 1)
+        allowed = torch.zeros_like(z, dtype=torch.bool).scatter(-1, index, True)
+        allowed[..., V] = True
+        return (z + mass.clamp_min(1e-6).log()).masked_fill(~allowed, -torch.inf)
 
     def slots(self, h: torch.Tensor) -> torch.Tensor:
         """The K read-out states (..., K, d) of answer states h (..., d): slot 0 is h, slot k is h + slot_maps[k-1] h;
@@ -219,7 +252,7 @@ class RLFModel(nn.Module):
         answer_pos = lengths.to(x.device) - 1 + self.cfg.scratchpad  # (B,)
         return x, answer_pos
 
-    def _loop(self, x_prompt, lengths, source, gate_scale: float = 1.0, rows=None):
+    def _loop(self, x_prompt, lengths, source, gate_scale: float = 1.0, rows=None, trail: list | None = None):
         """The loop's starting state, its step `step(state, i)` and the answer-position read-out `read(state)` (B, d).
 
         loop_span=all: the state is the whole sequence (B, T', d) and each step updates every position.
@@ -242,7 +275,10 @@ class RLFModel(nn.Module):
 
         def step(a, i: int):
             a = self.inject(a, source_a, i, gate_scale)
-            return self.loop_norm(a + self.core.recall(memory, a))
+            a = self.loop_norm(a + self.core.recall(memory, a))
+            if trail is not None:  # readout=copy: the step's core attention (B, layers, heads, T + 1)
+                trail.append(memory["attention"])
+            return a
 
         return x[row_of, answer_pos], step, (lambda a: a)
 
@@ -261,8 +297,10 @@ class RLFModel(nn.Module):
         if rows is not None and prompt_mode != "intact":
             raise RLFError(f"prompt_mode={prompt_mode} perturbs whole prompts, not queries (rows)")
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
-        state, step, read = self._loop(x_prompt, lengths, source, gate_scale, rows)
+        trail = [] if self.cfg.readout == "copy" else None
+        state, step, read = self._loop(x_prompt, lengths, source, gate_scale, rows, trail)
         feed = self._feed(x_prompt, lengths, prompt_ids, rows)
+        ids = prompt_ids if rows is None or prompt_ids is None else prompt_ids[rows.to(prompt_ids.device)]
         states, logits = [], []
         for i in range(n_loops):
             if i and feed is not None:
@@ -270,10 +308,18 @@ class RLFModel(nn.Module):
             state = step(state, i)
             states.append(read(state))  # (B, d)
             if feed is not None and teacher is None:
-                logits.append(self.head(states[-1]))
+                logits.append(self._read_out(states[-1], None if trail is None else trail[-1], ids, lengths))
         h = torch.stack(states, 1)  # (B, L, d)
-        logits = torch.stack(logits, 1) if logits else self.head(self.slots(h))  # (B, L, V + 1), or (B, L, K, V + 1)
+        if logits:
+            logits = torch.stack(logits, 1)
+        else:  # (B, L, V + 1), or (B, L, K, V + 1)
+            logits = self._read_out(self.slots(h), None if trail is None else torch.stack(trail, 1), ids, lengths)
         return (logits, h) if return_states else logits
+
+    def _read_out(self, h, attention, prompt_ids, lengths):
+        """The head's logits of answer states h, through the copy read-out when the loop's attention is given."""
+        z = self.head(h)
+        return z if attention is None else self.copy_logits(z, attention, prompt_ids, lengths)
 
     def _feed(self, x_prompt, lengths, prompt_ids, rows=None):
         """feedback=pointer: `feed(word)` gives the next loop's input from a word (ids (B,), or logits (B, V + 1)
@@ -313,7 +359,8 @@ class RLFModel(nn.Module):
             raise RLFError("loop_offset/loop_clamp move the loop position, and this model has none (loop_pos=none)")
         max_loops = max_loops or SOLVE_LOOPS
         source = self.lifeline_source(x_prompt, lengths, prompt_mode, generator)
-        state, step, read = self._loop(x_prompt, lengths, source, gate_scale)
+        trail = [] if self.cfg.readout == "copy" else None
+        state, step, read = self._loop(x_prompt, lengths, source, gate_scale, trail=trail)
         feed = self._feed(x_prompt, lengths, prompt_ids)
         B = x_prompt.shape[0]
         halted_at = torch.full((B,), -1, dtype=torch.long, device=state.device)
@@ -326,7 +373,7 @@ class RLFModel(nn.Module):
             fed = feed(z) if i and feed is not None else state  # feedback=pointer: the key of the last loop's word
             state = torch.where(keep, state, step(fed, position))  # a finished example keeps its state
             h = read(state)
-            z = self.head(self.slots(h)).float()
+            z = self._read_out(self.slots(h), None if trail is None else trail.pop(), prompt_ids, lengths).float()
             p = z.softmax(-1)  # (B, V + 1), or (B, K, V + 1)
             top_p, top = p.max(-1)  # (B,), or (B, K)
             if K > 1:  # the loop's word; its probability is the product over the slots it uses, end marker included

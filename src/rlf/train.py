@@ -170,7 +170,14 @@ def prepare_split(examples: list[Example], base: Base, cfg: TrainConfig, name: s
             if len(ids) != length:  # the cache was written by another tokenizer: the ids would not line up
                 raise RLFError(f"{name}: example {n}: {len(ids)} tokens, its cached encoding has {length}; "
                                f"delete the cache entry {encoded.path}")
-    return Split(examples, encoded, target_ids_of(examples, base.tokenizer, name, cfg.target_tokens), prompt_ids)
+    targets = target_ids_of(examples, base.tokenizer, name, cfg.target_tokens)
+    if cfg.readout == "copy":  # the copy read-out names words of the prompt before its answer position, nothing else
+        for n, (ex, ids, tids) in enumerate(zip(examples, prompt_ids, targets), 1):
+            missing = [t for t in tids if t not in ids[:-1]]
+            if missing:
+                raise RLFError(f"{name}: example {n} (id {ex.id}): target {base.tokenizer.decode(missing[:1])!r} is "
+                               f"not a word of its prompt, and readout=copy names only the prompt's words")
+    return Split(examples, encoded, targets, prompt_ids)
 
 
 def file_digest(path: Path) -> str:
@@ -187,6 +194,7 @@ def build_model(cfg: TrainConfig, base: Base) -> RLFModel:
         bridge_rank=cfg.bridge_rank, core_dim=cfg.core_dim, chunk_size=cfg.chunk_size, loop_layers=cfg.loop_layers,
         lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, loop_span=cfg.loop_span,
         core_pos=cfg.core_pos, target_tokens=cfg.target_tokens, feedback=cfg.feedback,
+        readout=cfg.readout,
     )
     have = len(base.upper_layers.layers) if base.upper_layers is not None else 0
     if cfg.loop_layers and have != cfg.loop_layers:
@@ -476,6 +484,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     elif run.exists() and not run.is_dir():
         raise RLFError(f"--out {run}: exists and is not a directory")
 
+    if cfg.readout == "copy" and any(ph.cfg.supervision == "chains" for ph in phase_plan(cfg)):
+        raise RLFError("config: supervision=chains cuts prompts at references, before their values' statements, and "
+                       "readout=copy names only words before the cut: use the lookup warm-up with it")
     if cfg.supervision in ("copy", "lookup", "chains"):
         raise RLFError(f"config: supervision={cfg.supervision} is a warm-up: set it in a phase (phases: [{{name: warm, "
                        f"steps: 200, overrides: {{supervision: {cfg.supervision}}}}}, {{name: main}}]), not for the "

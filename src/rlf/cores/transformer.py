@@ -87,16 +87,22 @@ class TransformerCore(nn.Module):
 
     def recall(self, memory: dict, a: torch.Tensor) -> torch.Tensor:
         """The update at the answer position for its input a (B, d): it attends to the remembered positions and
-        itself, as position `last` of `forward` does."""
+        itself, as position `last` of `forward` does. Its attention weights are left in memory["attention"]
+        (B, layers, heads, T + 1; column T is the answer position itself) for the copy read-out."""
         B = a.shape[0]
         h = self._conv(a[:, None], memory.get("tail"))[:, 0]
+        mask = F.pad(memory["before"], (0, 1), value=True)[:, None]  # (B, 1, T + 1)
+        weights = []
         for layer, k_mem, v_mem in zip(self.encoder.layers, memory["keys"], memory["values"]):
             q, k, v = self._qkv(layer, h[:, None], memory["last"][:, None])  # (B, heads, 1, head_dim)
             keys, values = torch.cat([k_mem, k], 2), torch.cat([v_mem, v], 2)  # (B, heads, T + 1, head_dim)
-            mask = F.pad(memory["before"], (0, 1), value=True)[:, None, None]  # (B, 1, 1, T + 1)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, heads, 1, head_dim)
-            h = h + layer.self_attn.out_proj(out.transpose(1, 2).reshape(B, -1))
+            # one query: the weights by hand cost what scaled_dot_product_attention does, and they are kept
+            w = (torch.einsum("bhd,bhtd->bht", q[:, :, 0], keys) * q.shape[-1] ** -0.5).masked_fill(~mask, -torch.inf)
+            weights.append(w.softmax(-1))  # (B, heads, T + 1)
+            out = torch.einsum("bht,bhtd->bhd", weights[-1], values)  # (B, heads, head_dim)
+            h = h + layer.self_attn.out_proj(out.reshape(B, -1))
             h = h + layer._ff_block(layer.norm2(h))
+        memory["attention"] = torch.stack(weights, 1)
         return self.out_proj(self.norm(h))
 
 
