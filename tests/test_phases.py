@@ -109,6 +109,19 @@ def test_phase_plan_spans_and_overrides():
     assert [p.name for p in phase_plan(load_config("tiny"))] == ["main"]
 
 
+def test_a_phase_cut_short_of_its_cosine_keeps_the_longer_schedules_rates():
+    """decay_steps: a 700-step phase on an 1,800-step cosine trains at the rates of the first 700 steps of an
+    1,800-step phase (what a run stopped inside a phase and resumed with the phase ended there trained at)."""
+    cut = "phases=[{name: a, steps: 700, overrides: {lr: 0.002, decay_steps: 1800}}, {name: b}]"
+    full = "phases=[{name: a, steps: 1800, overrides: {lr: 0.002}}, {name: b}]"
+    a_cut, a_full = phase_plan(load_config("tiny", ["max_steps=2500", cut]))[0], \
+        phase_plan(load_config("tiny", ["max_steps=2500", full]))[0]
+    rates = [rlf.train.lr_at(s, a_cut.cfg) for s in range(700)]
+    assert rates == [rlf.train.lr_at(s, a_full.cfg) for s in range(700)]
+    assert 0.0014 < rates[-1] < 0.0015  # not decayed to 10% (0.0002) at the phase's end
+    assert rlf.train.lr_at(5000, a_cut.cfg) == pytest.approx(0.0002)  # past the cosine: 10% of lr
+
+
 @pytest.mark.parametrize("phases, message", [
     ("[{name: a, steps: 4, overrides: {core: transformer}}, {name: b}]", "phase 'a': key 'core' cannot change"),
     ("[{name: a, steps: 4, overrides: {bogus: 1}}, {name: b}]", "phase 'a': key 'bogus'"),

@@ -76,6 +76,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 50
     max_steps: int = 2000
+    decay_steps: int = 0  # the cosine's length, when it is not the run's (or phase's) steps: past it, lr stays at 10%
     grad_clip: float = 1.0
     bf16: bool = False  # bfloat16 autocast on the run's device (meant for GPUs); parameters, the gate too, stay float32
     device: str = "auto"
@@ -130,7 +131,7 @@ _HINTS = typing.get_type_hints(TrainConfig)
 DATA_KEYS = ("task", "order", "distractors", "name_pool", "value_pool", "graph_words", "hops", "n_train", "data_seed",
              "train_file")
 # what a phase may change: the data, the supervision and the optimisation, never a parameter's shape or the encoder
-PHASE_KEYS = (*DATA_KEYS, "supervision", "copy_positions", "extra_halt_loops", "lr", "weight_decay", "warmup_steps",
+PHASE_KEYS = (*DATA_KEYS, "supervision", "copy_positions", "extra_halt_loops", "lr", "weight_decay", "warmup_steps", "decay_steps",
               "grad_clip", "batch_size")
 
 
@@ -203,7 +204,7 @@ _POSITIVE = ("copy_positions", "n_train", "n_val", "batch_size", "max_steps", "v
              "max_loops", "chunk_size", "max_bad_steps", "encoder_layers", "lr", "grad_clip", "lora_rank", "lora_alpha",
              "target_tokens")
 _NON_NEGATIVE = ("core_dim", "distractors", "eval_distractors", "scratchpad", "bridge_rank", "loop_layers",
-                 "warmup_steps", "extra_halt_loops", "early_stop_patience", "weight_decay")
+                 "warmup_steps", "decay_steps", "extra_halt_loops", "early_stop_patience", "weight_decay")
 
 
 def _check_value(name: str, value, where: str) -> None:
