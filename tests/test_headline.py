@@ -251,7 +251,7 @@ def test_parse_ablations_and_plan():
     common = {"seed", "lr", "n_train", "hops", "max_steps", "batch_size", "order", "distractors", "data_seed"}
     assert all(getattr(jobs[0].cfg, k) == getattr(jobs[2].cfg, k) for k in common)  # identical but for the core
     assert (back.eval_distractors, jobs[0].cfg.eval_distractors) == (2, None)
-    own = plan_jobs("pointer", [], ["backward"], ["mamba2"], [], 3, 5, False)  # its own eval_distractors: 2
+    own = plan_jobs("pointer", [], ["backward"], ["transformer"], [], 3, 5, False)  # its own eval_distractors: 2
     assert [(j.cfg.distractors, j.cfg.eval_distractors) for j in own] == [("2-6", 3)] * 3  # main, no-loop, base
     with pytest.raises(RLFError, match="set by --cores"):
         plan_jobs("tiny", ["core=mamba1"], ["forward"], ["mamba2"], [], 2, 5, False)
