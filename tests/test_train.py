@@ -72,19 +72,25 @@ def test_loop_span_answer_trains_and_reloads(tmp_path, tiny_llama):
     assert run.solve(["K = moon. P = K. What is P?"], max_loops=4)[0]
 
 
+def train_learn_reload(cfg, out, base):
+    """Train a phased chain run; its main-phase loss must fall, and the reloaded run must solve a chain prompt."""
+    summary = train(cfg, out, progress=False, base=base)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r and r.get("phase") == "main"]
+    assert losses[-1] < losses[0], losses
+    run = load_run(out, base=base)
+    assert run.solve(["K = moon. P = K. What is P?"], max_loops=4)[0]
+    return summary, run
+
+
 def test_pointer_feedback_trains_through_chains_and_task_and_evaluates(tmp_path, tiny_llama):
     """feedback=pointer trains through the chain warm-up and the task (teacher-forced), reloads, solves, and
     `rlf eval` scores it on its own words' keys; validation's trace accuracy is the evaluation's."""
     cfg = tiny_cfg(tmp_path, "loop_span=answer", "feedback=pointer", "lifeline=none", "loop_pos=none",
                    "order=backward", "distractors=1", "n_train=256", "n_val=32", "max_steps=40", "val_every=40",
                    "ckpt_every=40", "phases=[{name: chains, steps: 20, overrides: {supervision: chains}}, {name: main}]")
-    summary = train(cfg, tmp_path / "run", progress=False, base=tiny_llama)
-    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in records if "loss" in r and r.get("phase") == "main"]
-    assert losses[-1] < losses[0], losses
-    run = load_run(tmp_path / "run", base=tiny_llama)
+    summary, run = train_learn_reload(cfg, tmp_path / "run", tiny_llama)
     assert run.model.cfg.feedback == "pointer"
-    assert run.solve(["K = moon. P = K. What is P?"], max_loops=4)[0]
     result = evaluate(tmp_path / "run", run=run, hops="1-3", n=8, ablations="", progress=False, write=False)
     assert result["splits"]["in-distribution"]["n"] == 24
     val = prepare_split(read_jsonl(tmp_path / "run" / "val.jsonl"), tiny_llama, run.config, "val", False)
@@ -101,13 +107,8 @@ def test_copy_readout_trains_through_the_lookup_warm_up_and_refuses_words_outsid
             "val_every=40", "ckpt_every=40")
     cfg = tiny_cfg(tmp_path, *over, "max_steps=40",
                    "phases=[{name: lookup, steps: 10, overrides: {supervision: lookup}}, {name: main}]")
-    train(cfg, tmp_path / "run", progress=False, base=tiny_llama)
-    losses = [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-              if '"main"' in x and '"loss"' in x]
-    assert losses[-1] < losses[0], losses
-    run = load_run(tmp_path / "run", base=tiny_llama)
+    _, run = train_learn_reload(cfg, tmp_path / "run", tiny_llama)
     assert run.model.cfg.readout == "copy"
-    assert run.solve(["K = moon. P = K. What is P?"], max_loops=4)[0]
     result = evaluate(tmp_path / "run", run=run, hops="1-2", n=8, ablations="", progress=False, write=False)
     assert result["splits"]["in-distribution"]["n"] == 16
     bad = read_jsonl(tmp_path / "run" / "val.jsonl")[:2]
