@@ -1,10 +1,14 @@
-"""Where a chain run's answer loop goes when every pointer before it is right.
+"""Where a chain run's traces go wrong: the answer loop when every pointer before it is right, and every trace's
+first wrong loop.
 
     python benchmarks/answer_loop_errors.py RUN DATA.jsonl [N] [--show K]
 
 For the first N examples of DATA (chain prompts `X = Y.`), runs the model as `rlf solve` does and, over the
 examples whose pointer loops are all right, counts the answer loop's word as: right, another chain-end value of
 the prompt, a name of the prompt, <HALT>, or another word; then shows K of the wrong answers with their p.
+For every wrong trace it also counts its first wrong loop by kind (`first_error`): <HALT> too early, no <HALT>
+where one is due, the chain's word a hop ahead (a skipped statement), a word of the chain already passed, a word of
+a distractor chain, another word; and by where that loop lies (`first_error_loop`: 0 is the question's lookup).
 """
 
 from __future__ import annotations
@@ -17,6 +21,25 @@ import re
 import torch
 
 from rlf.train import load_run
+
+
+def first_error_kind(prompt: str, want: list[str], got: list[str], i: int) -> str:
+    """What a trace named at its first wrong loop i (want: the targets, then <HALT>)."""
+    if i >= len(got):
+        return "stopped without <HALT>"
+    word = got[i]
+    if word == "<HALT>":
+        return "<HALT> too early"
+    if want[i] == "<HALT>":
+        return "no <HALT> where due"
+    question = re.search(r"What is (\w+)\?", prompt).group(1)
+    if word in want[i + 1:]:
+        return "a word of the chain further on"
+    if word in [question, *want[:i]]:
+        return "a word of the chain already passed"
+    if word in {w for statement in re.findall(r"(\w+) = (\w+)\.", prompt) for w in statement}:
+        return "a word of a distractor chain"
+    return "another word"
 
 
 def main() -> None:
@@ -32,8 +55,14 @@ def main() -> None:
         rows = [json.loads(line) for line in f][: args.n]
     traces = run.solve([r["prompt"] for r in rows])
     kinds, wrong = collections.Counter(), []
+    first, first_at = collections.Counter(), collections.Counter()
     for r, trace in zip(rows, traces):
         targets, got = r["targets"], [s["token"] for s in trace]
+        want = [*targets, "<HALT>"]
+        bad = next((i for i, w in enumerate(want) if i >= len(got) or got[i] != w), None)
+        if bad is not None:
+            first[first_error_kind(r["prompt"], want, got, bad)] += 1
+            first_at[bad] += 1
         k = len(targets) - 1  # the answer loop
         if got[:k] != targets[:k]:
             continue
@@ -46,7 +75,8 @@ def main() -> None:
         if kind != "right":
             wrong.append((targets[k], answer, trace[k]["p"] if len(trace) > k else float("nan")))
     print(json.dumps({"data": args.data, "n": len(rows), "chains_right_to_the_answer": sum(kinds.values()),
-                      "answer_loop": dict(kinds)}))
+                      "answer_loop": dict(kinds), "wrong_traces": sum(first.values()),
+                      "first_error": dict(first.most_common()), "first_error_loop": dict(sorted(first_at.items()))}))
     for target, answer, p in wrong[: args.show]:
         print(f"{target} -> {answer} (p {p:.2f})")
 

@@ -16,8 +16,8 @@ from rlf.config import load_config
 from rlf.errors import RLFError
 from rlf.evaluate import eval_sets, evaluate, fmt_rate, rate
 from rlf.headline import render_headline, run_headline
-from rlf.headline.measure import (VERSIONS, base_answers, forced_tokens, halt_histogram, stability_outcomes,
-                                  steps_to_accuracy, summarize_stability)
+from rlf.headline.measure import (VERSIONS, base_answers, forced_tokens, halt_histogram, loop_one_answers,
+                                  stability_outcomes, steps_to_accuracy, summarize_stability)
 from rlf.headline.parts import load_parts, part_key, planned, read_part, write_part
 from rlf.headline.plan import ABLATIONS, HeldOut, Job, parse_ablations, plan_jobs
 from rlf.headline.render import steps_cell
@@ -193,6 +193,19 @@ def test_validate_answer_once_reads_the_answer_at_loop_one():
     assert model.asked == [1]
     assert res["val_trace_acc"] == res["val_answer_acc"] == pytest.approx(2 / 3)
     assert validate(model, split)["val_trace_acc"] == 0.0  # per loop: 7 everywhere is no trace
+
+
+class _IdsModel(_AnswerModel):
+    """Answers with its prompts' first id at loop 1, as a feedback=pointer or readout=copy model reads them."""
+
+    def forward(self, x, lengths, n_loops, prompt_ids=None):
+        return torch.nn.functional.one_hot(prompt_ids[:, :1].expand(-1, n_loops), 11).float()
+
+
+def test_no_loop_answers_pass_the_prompt_ids_a_pointer_model_reads():
+    split = Split(examples=[None] * 3, encoded=_Encoded(3), target_ids=[[7], [3, 4], [3, 5]],
+                  prompt_ids=[[7, 1, 2], [4, 1], [6]])
+    assert loop_one_answers(_IdsModel(), split, batch_size=2).tolist() == [7, 4, 6]
 
 
 def test_answer_once_trains_one_loop_and_is_refused_by_eval(tmp_path, tiny_llama):

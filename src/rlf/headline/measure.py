@@ -171,8 +171,9 @@ def loop_one_answers(model: RLFModel, split: Split, batch_size: int = 64) -> np.
     model.eval()
     out = []
     for i in range(0, len(split.examples), batch_size):
-        x, lengths, _ = split.batch(list(range(i, min(i + batch_size, len(split.examples)))))
-        out.append(model(x.to(model.lm_head.device), lengths, 1)[:, 0].argmax(-1).cpu())
+        idx = list(range(i, min(i + batch_size, len(split.examples))))
+        x, lengths, _ = split.batch(idx)  # feedback=pointer and readout=copy also take the prompts' ids
+        out.append(model(x.to(model.lm_head.device), lengths, 1, **split.model_inputs(idx))[:, 0].argmax(-1).cpu())
     return torch.cat(out).numpy()
 
 
