@@ -67,20 +67,22 @@ def test_killed_inside_phase_two_resumes_to_the_uninterrupted_weights(reference,
 
 def test_a_finished_run_goes_on_with_a_phase_added_when_forced(reference, tmp_path, tiny_llama):
     """--force with a longer schedule and one more phase (valid only together): the run continues into the new
-    phase from its step 10, and without --force the change is refused, naming it."""
+    phase from its step 10, on data of its own made then, and without --force the change is refused, naming it."""
     import shutil
 
     ref, cache = reference
     run = tmp_path / "run"
     shutil.copytree(ref, run)
     more = ("phases=[{name: warm, steps: 4, overrides: {hops: '1', lr: 0.01, distractors: 0, n_train: 32}}, "
-            "{name: main, steps: 6}, {name: more, overrides: {lr: 0.001}}]")
+            "{name: main, steps: 6}, {name: more, overrides: {lr: 0.001, distractors: 0, n_train: 16}}]")
     cfg = two_phase(cache, "max_steps=12", more)
     with pytest.raises(RLFError, match="config differs from the one the run started with \\(phases"):
         train(cfg, run, resume=True, progress=False, base=tiny_llama)
     train(cfg, run, resume=True, force=True, progress=False, base=tiny_llama)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows if "loss" in r][-3:] == ["main", "more", "more"]
+    more_data = read_jsonl(run / "train.more.jsonl")
+    assert len(more_data) == 16 and all(ex.meta["distractors"] == 0 for ex in more_data)
 
 
 def test_a_finished_phase_is_not_rerun(reference, tmp_path, tiny_llama, monkeypatch):

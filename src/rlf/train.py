@@ -500,7 +500,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
     def set_up() -> dict:
         """The run's data files (a new run's, made now; a resumed run's, checked); their digests."""
         run.mkdir(parents=True, exist_ok=True)
-        if resume:  # the exact data the run started with
+        if resume:  # the exact data the run started with; a phase added on a forced resume gets its data now
+            if force:
+                for ph in plan:
+                    if ph.own_data and not (run / f"train.{ph.name}.jsonl").is_file():
+                        write_jsonl(make_data(ph.cfg, base.tokenizer)[0], run / f"train.{ph.name}.jsonl")
             try:
                 digests = json.loads((run / "data.json").read_text())
             except (OSError, ValueError):
