@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rlf.cores import CORES, build_core
 from rlf.errors import RLFError
@@ -422,21 +423,31 @@ def copy_setup(seed=1):
 
 def test_copy_readout_is_a_product_of_the_head_and_the_attention_over_prompt_words():
     """A word's logit is the head's plus log of the mixed attention mass on the positions before the answer that hold
-    it; <HALT>'s, plus log of the mass on the answer position itself; every other token is -inf."""
+    it; <HALT>'s, plus log of the mass on the answer position itself; every other token is -inf. Its gradients are
+    those of that definition too (the read-out writes a repeated word once, from one position)."""
     model, x, lengths, ids = copy_setup()
+    ids[0, 1] = ids[0, 4] = ids[0, 0]  # a word held three times
     state, step, _ = model._loop(x, lengths, x, trail=(trail := []))
-    h = step(state, 0)
-    z, att = model.head(h), trail[0]  # att: (B, layers, heads, T + 1)
-    got = model.copy_logits(z, att, ids, lengths)
+    h = step(state, 0).detach().requires_grad_()
+    att = trail[0].detach().requires_grad_()  # (B, layers, heads, T + 1)
+    got = model.copy_logits(h, att, ids, lengths)
+    z = model.head(h)
     a = (model.copy_mix.softmax(0)[:, None] * att.flatten(1, 2)).sum(1)  # (B, T + 1)
+    want = []
     for b in range(4):
-        want = torch.full((V + 1,), -torch.inf)
+        row = torch.full((V + 1,), -torch.inf)
         n = int(lengths[b]) - 1  # positions before the answer position
         for w in set(ids[b, :n].tolist()):
-            want[w] = z[b, w] + a[b, :n][ids[b, :n] == w].sum().log()
-        want[V] = z[b, V] + a[b, -1].log()
-        torch.testing.assert_close(got[b], want)
+            row[w] = z[b, w] + a[b, :n][ids[b, :n] == w].sum().log()
+        row[V] = z[b, V] + a[b, -1].log()
+        want.append(row)
+    want = torch.stack(want)
+    torch.testing.assert_close(got, want)
     assert torch.isinf(got[3, :V]).all()  # a one-token prompt holds no word before its answer position: <HALT> only
+    targets = torch.tensor([int(ids[0, 0]), int(ids[1, 2]), V, V])
+    grads = [torch.autograd.grad(F.cross_entropy(out, targets), (h, att, model.copy_mix)) for out in (got, want)]
+    for g_got, g_want in zip(*grads):
+        torch.testing.assert_close(g_got, g_want)
 
 
 def test_copy_readout_runs_the_same_in_forward_solve_and_teacher_forcing():
@@ -446,7 +457,7 @@ def test_copy_readout_runs_the_same_in_forward_solve_and_teacher_forcing():
     want = []
     for k in range(3):
         state = step(state if k == 0 else model.pointer_key(x, ids, lengths, teacher[:, k - 1]), k)
-        want.append(model.copy_logits(model.head(state), trail[-1], ids, lengths))
+        want.append(model.copy_logits(state, trail[-1], ids, lengths))
     torch.testing.assert_close(model(x, lengths, 3, prompt_ids=ids, teacher=teacher), torch.stack(want, 1))
     own = model(x, lengths, 3, prompt_ids=ids)
     out = model.solve(x, lengths, 3, min_loops=3, prompt_ids=ids)

@@ -174,29 +174,39 @@ class RLFModel(nn.Module):
         w = w.to(x_prompt.dtype)
         return torch.einsum("bt,btd->bd", w / w.sum(1, keepdim=True).clamp_min(1e-9), x_prompt)
 
-    def copy_logits(self, z: torch.Tensor, attention: torch.Tensor, prompt_ids: torch.Tensor, lengths: torch.Tensor
+    def copy_logits(self, h: torch.Tensor, attention: torch.Tensor, prompt_ids: torch.Tensor, lengths: torch.Tensor
                     ) -> torch.Tensor:
-        """readout=copy: the head's logits z (B, ..., V + 1) of loops whose core attention at the answer position was
-        `attention` (B, ..., layers, heads, T + 1; column T the answer position itself) as a product of experts
-        over the words of the prompt before the answer position and <HALT> (every other token -inf): a word's logit
-        is the head's plus the log of the attention mass on its positions under a learned mixture of the heads;
-        <HALT>'s, the head's plus the log of the mass on the answer position itself (nothing left to look up).
+        """readout=copy: the logits (B, ..., V + 1) of loops with answer states h (B, ..., d) whose core attention at
+        the answer position was `attention` (B, ..., layers, heads, T + 1; column T the answer position itself), as
+        a product of experts over the words of the prompt before the answer position and <HALT> (every other token
+        -inf): a word's logit is the head's plus the log of the attention mass on its positions under a learned
+        mixture of the heads; <HALT>'s, the head's plus the log of the mass on the answer position itself (nothing
+        left to look up).
 
         The answer loop's loss so reaches the attention that found the value word, where the frozen head alone
         could not name it (a conv-Transformer run's lookup head held the value in 197 of 200 validation chains,
-        its head read-out named 6; benchmarks/answer_attention.py). `prompt_ids` (B, >= T), -1 past an end."""
+        its head read-out named 6; benchmarks/answer_attention.py). `prompt_ids` (B, >= T), -1 past an end.
+
+        The head is applied to the prompt's words only (T rows per example, not the V of the vocabulary: the others
+        are -inf whatever the head says), each word's value written once, from its first position."""
         T, V = attention.shape[-1] - 1, self.cfg.vocab_size
-        ids = prompt_ids[:, :T].to(z.device)
-        ids = torch.where(torch.arange(T, device=z.device)[None, :] < lengths[:, None].to(z.device) - 1, ids, -1)
-        ids = ids.view(ids.shape[0], *[1] * (z.dim() - 2), T).expand(*z.shape[:-1], T)  # (B, ..., T)
-        index = torch.where(ids >= 0, ids, V)  # a position holding no word lands on <HALT>, which is set below
+        B, inner = h.shape[0], [1] * (h.dim() - 2)  # inner: the loop (and slot) dimensions between B and d
+        ids = prompt_ids[:, :T].to(h.device)
+        ids = torch.where(torch.arange(T, device=h.device)[None, :] < lengths[:, None].to(h.device) - 1, ids, -1)
+        valid = ids >= 0  # (B, T)
+        same = (ids[:, :, None] == ids[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # (B, T, T)
+        first = valid & ~(same.tril(-1).any(-1))  # a word's first position in its prompt
+        hn = self.final_norm(h + self.bridge_up(self.bridge_down(h)) if self.cfg.bridge_rank else h)
+        z = torch.einsum("b...d,btd->b...t", hn, self.lm_head[ids.clamp_min(0)].to(hn.dtype))  # (B, ..., T)
+        z_halt = F.linear(hn, self.halt_row)  # (B, ..., 1)
         mix = self.copy_mix.softmax(0).to(attention.dtype)
         a = torch.einsum("n,...nt->...t", mix, attention.flatten(-3, -2))  # (B, ..., T + 1)
-        mass = torch.zeros_like(z).scatter_add(-1, index, a[..., :T] * (ids >= 0))
-        mass = torch.cat([mass[..., :V], a[..., T:]], -1)  # (B, ..., V + 1)
-        allowed = torch.zeros_like(z, dtype=torch.bool).scatter(-1, index, True)
-        allowed[..., V] = True
-        return (z + mass.clamp_min(1e-6).log()).masked_fill(~allowed, -torch.inf)
+        mass = torch.einsum("b...s,bts->b...t", a[..., :T], same.to(a.dtype))  # each position: its word's mass
+        value = torch.cat([z + mass.clamp_min(1e-6).log(), z_halt + a[..., T:].clamp_min(1e-6).log()], -1)
+        index = torch.cat([torch.where(first, ids, V + 1), torch.full((B, 1), V, device=h.device)], -1)
+        index = index.view(B, *inner, T + 1).expand(value.shape)  # a repeated word's later positions: column V + 1
+        out = torch.full((*value.shape[:-1], V + 2), -torch.inf, dtype=value.dtype, device=h.device)
+        return out.scatter(-1, index, value)[..., : V + 1]
 
     def slots(self, h: torch.Tensor) -> torch.Tensor:
         """The K read-out states (..., K, d) of answer states h (..., d): slot 0 is h, slot k is h + slot_maps[k-1] h;
@@ -318,8 +328,7 @@ class RLFModel(nn.Module):
 
     def _read_out(self, h, attention, prompt_ids, lengths):
         """The head's logits of answer states h, through the copy read-out when the loop's attention is given."""
-        z = self.head(h)
-        return z if attention is None else self.copy_logits(z, attention, prompt_ids, lengths)
+        return self.head(h) if attention is None else self.copy_logits(h, attention, prompt_ids, lengths)
 
     def _feed(self, x_prompt, lengths, prompt_ids, rows=None):
         """feedback=pointer: `feed(word)` gives the next loop's input from a word (ids (B,), or logits (B, V + 1)

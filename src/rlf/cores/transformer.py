@@ -38,29 +38,32 @@ class TransformerCore(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
         nn.init.zeros_(self.out_proj.weight)
 
-    def _qkv(self, layer, h: torch.Tensor, position: torch.Tensor):
+    def _qkv(self, layer, h: torch.Tensor, position: torch.Tensor, query: bool = True):
         """Queries, keys, values (B, heads, T, head_dim) of h (B, T, d) at token positions `position` ((T,) or
-        (B, T)), rotated by those positions when positions="rope"."""
-        q, k, v = _project(layer, layer.norm1(h))
+        (B, T)), rotated by those positions when positions="rope"; without `query`, keys and values only."""
+        *q, k, v = _project(layer, layer.norm1(h), query)
         if self.positions == "rope":
             angle = position[:, None] if position.dim() == 2 else position  # broadcast over heads
-            q, k = rotate(q, angle), rotate(k, angle)
-        return q, k, v
+            q, k = [rotate(t, angle) for t in q], rotate(k, angle)
+        return (*q, k, v)
 
-    def _layers(self, x: torch.Tensor, keep: bool = False):
-        """The causal pass over x (B, T, d); with keep, also every layer's keys and values."""
+    def _layers(self, x: torch.Tensor, memory: bool = False):
+        """The causal pass over x (B, T, d), its output h; with `memory`, every layer's keys and values instead (two
+        lists), without the last layer's queries, attention and feed-forward, which nothing reads then."""
         B, T, d = x.shape
         position = torch.arange(T, device=x.device)
         h, keys, values = self._conv(x), [], []
-        for layer in self.encoder.layers:
+        for n, layer in enumerate(self.encoder.layers):
+            if memory and n == len(self.encoder.layers) - 1:
+                k, v = self._qkv(layer, h, position, query=False)
+                return keys + [k], values + [v]
             q, k, v = self._qkv(layer, h, position)
-            if keep:
-                keys.append(k)
-                values.append(v)
+            keys.append(k)
+            values.append(v)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, heads, T, head_dim)
             h = h + layer.self_attn.out_proj(out.transpose(1, 2).reshape(B, T, d))
             h = h + layer._ff_block(layer.norm2(h))
-        return h, keys, values
+        return h
 
     def _conv(self, x: torch.Tensor, tail: torch.Tensor | None = None) -> torch.Tensor:
         """positions="conv": x (B, T, d) plus its causal depthwise convolution (`tail`, (B, CONV_K - 1, d): the
@@ -69,12 +72,12 @@ class TransformerCore(nn.Module):
         return x + causal_conv(x, self.conv, tail)[1] if self.positions == "conv" else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.norm(self._layers(x)[0]))  # (B, T, d)
+        return self.out_proj(self.norm(self._layers(x)))  # (B, T, d)
 
     def remember(self, x: torch.Tensor, last: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
         """loop_span=answer: every layer's keys and values at positions < last (B,), from one causal pass; with
         `rows` (Q,), query j's of row rows[j] of x before last[j] (Q,), the pass run once per row of x."""
-        _, keys, values = self._layers(x, keep=True)
+        keys, values = self._layers(x, memory=True)
         if rows is not None:
             keys, values = [k[rows] for k in keys], [v[rows] for v in values]
         before = torch.arange(x.shape[1], device=x.device)[None, :] < last[:, None]  # (Q, T)
@@ -94,21 +97,24 @@ class TransformerCore(nn.Module):
         mask = F.pad(memory["before"], (0, 1), value=True)[:, None]  # (B, 1, T + 1)
         weights = []
         for layer, k_mem, v_mem in zip(self.encoder.layers, memory["keys"], memory["values"]):
-            q, k, v = self._qkv(layer, h[:, None], memory["last"][:, None])  # (B, heads, 1, head_dim)
-            keys, values = torch.cat([k_mem, k], 2), torch.cat([v_mem, v], 2)  # (B, heads, T + 1, head_dim)
-            # one query: the weights by hand cost what scaled_dot_product_attention does, and they are kept
-            w = (torch.einsum("bhd,bhtd->bht", q[:, :, 0], keys) * q.shape[-1] ** -0.5).masked_fill(~mask, -torch.inf)
-            weights.append(w.softmax(-1))  # (B, heads, T + 1)
-            out = torch.einsum("bht,bhtd->bhd", weights[-1], values)  # (B, heads, head_dim)
+            q, k, v = (t[:, :, 0] for t in self._qkv(layer, h[:, None], memory["last"][:, None]))  # (B, heads, hd)
+            # one query: the weights by hand cost what scaled_dot_product_attention does, and they are kept; the
+            # remembered keys and values are used in place, not copied into one tensor with the query's own
+            w = torch.cat([torch.einsum("bhd,bhtd->bht", q, k_mem), (q * k).sum(-1, keepdim=True)], -1)
+            weights.append((w * q.shape[-1] ** -0.5).masked_fill(~mask, -torch.inf).softmax(-1))  # (B, heads, T + 1)
+            a = weights[-1]
+            out = torch.einsum("bht,bhtd->bhd", a[..., :-1], v_mem) + a[..., -1:] * v  # (B, heads, head_dim)
             h = h + layer.self_attn.out_proj(out.reshape(B, -1))
             h = h + layer._ff_block(layer.norm2(h))
         memory["attention"] = torch.stack(weights, 1)
         return self.out_proj(self.norm(h))
 
 
-def _project(layer: nn.TransformerEncoderLayer, h: torch.Tensor):
-    """The layer's own query, key and value projections of h (B, T, d), split into heads (B, heads, T, head_dim)."""
+def _project(layer: nn.TransformerEncoderLayer, h: torch.Tensor, query: bool = True):
+    """The layer's own query, key and value projections of h (B, T, d), split into heads (B, heads, T, head_dim);
+    without `query`, the key and value projections only (the query rows of the weight are not multiplied)."""
     attn = layer.self_attn
     B, T, d = h.shape
-    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
-    return [t.view(B, T, attn.num_heads, d // attn.num_heads).transpose(1, 2) for t in (q, k, v)]
+    start = 0 if query else d
+    out = F.linear(h, attn.in_proj_weight[start:], attn.in_proj_bias[start:])
+    return [t.view(B, T, attn.num_heads, d // attn.num_heads).transpose(1, 2) for t in out.chunk(3 if query else 2, -1)]
