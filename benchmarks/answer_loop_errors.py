@@ -1,14 +1,19 @@
 """Where a chain run's traces go wrong: the answer loop when every pointer before it is right, and every trace's
 first wrong loop.
 
-    python benchmarks/answer_loop_errors.py RUN DATA.jsonl [N] [--show K]
+    python benchmarks/answer_loop_errors.py RUN DATA.jsonl [DATA.jsonl ...] [--n N] [--show K]
 
-For the first N examples of DATA (chain prompts `X = Y.`), runs the model as `rlf solve` does and, over the
+For the first N examples of each DATA file (chain prompts `X = Y.`), runs the model as `rlf solve` does and, over the
 examples whose pointer loops are all right, counts the answer loop's word as: right, another chain-end value of
 the prompt, a name of the prompt, <HALT>, or another word; then shows K of the wrong answers with their p.
 For every wrong trace it also counts its first wrong loop by kind (`first_error`): <HALT> too early, no <HALT>
 where one is due, the chain's word a hop ahead (a skipped statement), a word of the chain already passed, a word of
 a distractor chain, another word; and by where that loop lies (`first_error_loop`: 0 is the question's lookup).
+And per lookup (`lookups_by_statement`: each pointer loop a trace reaches with every loop before it right), whether
+it was right, by where the statement it must find stands: first in the prompt, or later. With template "{prompt}"
+the first statement's name is split into other tokens than the same word elsewhere, and its lookups fail far more.
+
+Several DATA files may be given (their counts are summed).
 """
 
 from __future__ import annotations
@@ -45,21 +50,30 @@ def first_error_kind(prompt: str, want: list[str], got: list[str], i: int) -> st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run")
-    ap.add_argument("data")
-    ap.add_argument("n", nargs="?", type=int, default=300)
+    ap.add_argument("data", nargs="+")
+    ap.add_argument("--n", type=int, default=300, help="examples of each DATA file")
     ap.add_argument("--show", type=int, default=15, help="wrong answers to print")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     run = load_run(args.run)
-    with open(args.data) as f:
-        rows = [json.loads(line) for line in f][: args.n]
+    rows = []
+    for path in args.data:
+        with open(path) as f:
+            rows += [json.loads(line) for line in f][: args.n]
     traces = run.solve([r["prompt"] for r in rows])
     kinds, wrong = collections.Counter(), []
     first, first_at = collections.Counter(), collections.Counter()
+    lookups = {where: collections.Counter() for where in ("first statement", "later statement")}
     for r, trace in zip(rows, traces):
         targets, got = r["targets"], [s["token"] for s in trace]
         want = [*targets, "<HALT>"]
         bad = next((i for i, w in enumerate(want) if i >= len(got) or got[i] != w), None)
+        order = {name: i for i, (name, _) in enumerate(re.findall(r"(\w+) = (\w+)\.", r["prompt"]))}
+        keys = [re.search(r"What is (\w+)\?", r["prompt"]).group(1), *targets[:-1]]  # what each pointer loop looks up
+        for i, key in enumerate(keys[: len(keys) if bad is None else bad + 1]):
+            count = lookups["first statement" if order[key] == 0 else "later statement"]
+            count["reached"] += 1
+            count["wrong"] += i == bad
         if bad is not None:
             first[first_error_kind(r["prompt"], want, got, bad)] += 1
             first_at[bad] += 1
@@ -74,7 +88,7 @@ def main() -> None:
         kinds[kind] += 1
         if kind != "right":
             wrong.append((targets[k], answer, trace[k]["p"] if len(trace) > k else float("nan")))
-    print(json.dumps({"data": args.data, "n": len(rows), "chains_right_to_the_answer": sum(kinds.values()),
+    print(json.dumps({"data": args.data, "n": len(rows), "lookups_by_statement": {k: dict(v) for k, v in lookups.items()}, "chains_right_to_the_answer": sum(kinds.values()),
                       "answer_loop": dict(kinds), "wrong_traces": sum(first.values()),
                       "first_error": dict(first.most_common()), "first_error_loop": dict(sorted(first_at.items()))}))
     for target, answer, p in wrong[: args.show]:

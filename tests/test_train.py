@@ -121,6 +121,27 @@ def test_copy_readout_trains_through_the_lookup_warm_up_and_refuses_words_outsid
         train(chains, tmp_path / "chains", progress=False, base=tiny_llama)
 
 
+def test_pointer_feedback_warns_of_a_word_its_prompt_tokenises_differently_somewhere(tmp_path, tiny_llama, caplog):
+    """With template "{prompt}" the first statement's name (`MK = C.`) is split into other tokens than the same word
+    elsewhere (` MK`), so a lookup by token cannot find that statement: training on such prompts is warned about,
+    naming the split and its count; a template that puts a separator and a space first is clean."""
+    from rlf.tasks import Example
+
+    prompts = ["MK = C. SR = MK. What is SR?", "SR = MK. MK = C. What is SR?", "SR = MK. MK = C. What is MK?"]
+    examples = [Example(id=f"e{i}", task="chain", prompt=p, targets=["MK", "C"] if "SR?" in p else ["C"],
+                        answer="C", hops=2 if "SR?" in p else 1) for i, p in enumerate(prompts)]
+    over = ("core=transformer", "loop_span=answer", "feedback=pointer", "lifeline=none", "loop_pos=none")
+    with caplog.at_level("WARNING", logger="rlf.train"):
+        prepare_split(examples, tiny_llama, tiny_cfg(tmp_path, *over, "template={prompt}"), "data.jsonl", False)
+    warned = [r.getMessage() for r in caplog.records if "not its own token" in r.getMessage()]
+    assert len(warned) == 1 and "in 1 of 3 prompts" in warned[0] and "example 1, 'MK'" in warned[0], warned
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rlf.train"):
+        prepare_split(examples, tiny_llama, tiny_cfg(tmp_path, *over, "template=<|endoftext|> {prompt}"), "data.jsonl",
+                      False)
+    assert not [r for r in caplog.records if "not its own token" in r.getMessage()]
+
+
 def test_train_or_reuse_reads_a_config_saved_before_a_key_existed(tmp_path, monkeypatch):
     cfg = load_config("tiny", [])
     saved = cfg.to_dict()

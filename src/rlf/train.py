@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import resource
 import shutil
 import sys
@@ -171,6 +172,15 @@ def prepare_split(examples: list[Example], base: Base, cfg: TrainConfig, name: s
                 raise RLFError(f"{name}: example {n}: {len(ids)} tokens, its cached encoding has {length}; "
                                f"delete the cache entry {encoded.path}")
     targets = target_ids_of(examples, base.tokenizer, name, cfg.target_tokens)
+    if cfg.feedback == "pointer":
+        hidden = hidden_occurrences(examples, prompt_ids, targets, base.tokenizer, cfg.template)
+        if hidden:
+            n, word = hidden[0]
+            log.warning("%s: in %d of %d prompts a target word is not its own token at every place it occurs "
+                        "(first: example %d, %r, e.g. first in the prompt, without the space before it that its "
+                        "other occurrences have): feedback=pointer looks a word up by its token, so it cannot find "
+                        "it there; a template that starts each prompt with a separator and a space, such as "
+                        "'<|endoftext|> {prompt}', avoids it", name, len(hidden), len(examples), n, word)
     if cfg.readout == "copy":  # the copy read-out names words of the prompt before its answer position, nothing else
         for n, (ex, ids, tids) in enumerate(zip(examples, prompt_ids, targets), 1):
             missing = [t for t in tids if t not in ids[:-1]]
@@ -178,6 +188,25 @@ def prepare_split(examples: list[Example], base: Base, cfg: TrainConfig, name: s
                 raise RLFError(f"{name}: example {n} (id {ex.id}): target {base.tokenizer.decode(missing[:1])!r} is "
                                f"not a word of its prompt, and readout=copy names only the prompt's words")
     return Split(examples, encoded, targets, prompt_ids)
+
+
+def hidden_occurrences(examples: list[Example], prompt_ids: list[list[int]], targets: list[list[int]], tokenizer,
+                       template: str) -> list[tuple[int, str]]:
+    """(example number from 1, word) of each example in which a one-token target word occurs in the prompt's text,
+    as a whole word, more often than its token does in the prompt's ids: somewhere the tokenizer split it or merged
+    it with a neighbour (with template "{prompt}", the first statement's name `MK` is `M`,`K`, never ` MK`)."""
+    words: dict[int, tuple[str, re.Pattern] | None] = {}
+    out = []
+    for n, (ex, ids, tids) in enumerate(zip(examples, prompt_ids, targets), 1):
+        text = apply_template(template, ex.prompt)
+        for t in dict.fromkeys(tids):
+            if t not in words:
+                word = tokenizer.decode([t]).strip() if isinstance(t, int) else ""
+                words[t] = (word, re.compile(rf"(?<!\w){re.escape(word)}(?!\w)")) if word else None
+            if words[t] is not None and len(words[t][1].findall(text)) > ids.count(t):
+                out.append((n, words[t][0]))
+                break
+    return out
 
 
 def file_digest(path: Path) -> str:
