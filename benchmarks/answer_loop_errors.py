@@ -56,11 +56,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     run = load_run(args.run)
-    rows = []
-    for path in args.data:
+    rows, traces = [], []
+    for path in args.data:  # one file at a time: a batch pads to its longest prompt
         with open(path) as f:
             rows += [json.loads(line) for line in f][: args.n]
-    traces = run.solve([r["prompt"] for r in rows])
+        traces += run.solve([r["prompt"] for r in rows[len(traces):]])
     kinds, wrong = collections.Counter(), []
     first, first_at = collections.Counter(), collections.Counter()
     lookups = {where: collections.Counter() for where in ("first statement", "later statement")}
