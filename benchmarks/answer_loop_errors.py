@@ -68,7 +68,8 @@ def main() -> None:
         targets, got = r["targets"], [s["token"] for s in trace]
         want = [*targets, "<HALT>"]
         bad = next((i for i, w in enumerate(want) if i >= len(got) or got[i] != w), None)
-        order = {name: i for i, (name, _) in enumerate(re.findall(r"(\w+) = (\w+)\.", r["prompt"]))}
+        pairs = re.findall(r"(\w+) = (\w+)\.", r["prompt"])  # the statements, in prompt order
+        order = {name: i for i, (name, _) in enumerate(pairs)}
         keys = [re.search(r"What is (\w+)\?", r["prompt"]).group(1), *targets[:-1]]  # what each pointer loop looks up
         for i, key in enumerate(keys[: len(keys) if bad is None else bad + 1]):
             count = lookups["first statement" if order[key] == 0 else "later statement"]
@@ -81,14 +82,16 @@ def main() -> None:
         if got[:k] != targets[:k]:
             continue
         answer = got[k] if len(got) > k else "<none>"
-        statements = dict(re.findall(r"(\w+) = (\w+)\.", r["prompt"]))
+        statements = dict(pairs)
         names, values = set(statements), set(statements.values()) - set(statements)
         kind = ("right" if answer == targets[k] else "another chain-end value" if answer in values
                 else "a name" if answer in names else "<HALT>" if answer == "<HALT>" else "another word")
         kinds[kind] += 1
         if kind != "right":
             wrong.append((targets[k], answer, trace[k]["p"] if len(trace) > k else float("nan")))
-    print(json.dumps({"data": args.data, "n": len(rows), "lookups_by_statement": {k: dict(v) for k, v in lookups.items()}, "chains_right_to_the_answer": sum(kinds.values()),
+    print(json.dumps({"data": args.data, "n": len(rows),
+                      "lookups_by_statement": {k: dict(v) for k, v in lookups.items()},
+                      "chains_right_to_the_answer": sum(kinds.values()),
                       "answer_loop": dict(kinds), "wrong_traces": sum(first.values()),
                       "first_error": dict(first.most_common()), "first_error_loop": dict(sorted(first_at.items()))}))
     for target, answer, p in wrong[: args.show]:

@@ -149,12 +149,16 @@ class RLFModel(nn.Module):
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits over the base vocabulary plus <HALT> (last index) for answer-position states (..., d)."""
-        if self.cfg.bridge_rank:
-            h = h + self.bridge_up(self.bridge_down(h))
-        h = self.final_norm(h)
+        h = self.head_input(h)
         # two products, not one over cat([lm_head, halt_row]): the cat copies the vocabulary matrix every call and,
         # as it requires grad, autograd would form the full (V, d) weight gradient only to keep its last row
         return torch.cat([F.linear(h, self.lm_head), F.linear(h, self.halt_row)], -1)  # (..., V + 1)
+
+    def head_input(self, h: torch.Tensor) -> torch.Tensor:
+        """What the head's rows multiply: answer states h (..., d) through the bridge (if any) and the final norm."""
+        if self.cfg.bridge_rank:
+            h = h + self.bridge_up(self.bridge_down(h))
+        return self.final_norm(h)
 
     def pointer_key(self, x_prompt: torch.Tensor, prompt_ids: torch.Tensor, lengths: torch.Tensor,
                     word: torch.Tensor) -> torch.Tensor:
@@ -196,7 +200,7 @@ class RLFModel(nn.Module):
         valid = ids >= 0  # (B, T)
         same = (ids[:, :, None] == ids[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # (B, T, T)
         first = valid & ~(same.tril(-1).any(-1))  # a word's first position in its prompt
-        hn = self.final_norm(h + self.bridge_up(self.bridge_down(h)) if self.cfg.bridge_rank else h)
+        hn = self.head_input(h)
         z = torch.einsum("b...d,btd->b...t", hn, self.lm_head[ids.clamp_min(0)].to(hn.dtype))  # (B, ..., T)
         z_halt = F.linear(hn, self.halt_row)  # (B, ..., 1)
         mix = self.copy_mix.softmax(0).to(attention.dtype)

@@ -201,7 +201,7 @@ def hidden_occurrences(examples: list[Example], prompt_ids: list[list[int]], tar
         text = apply_template(template, ex.prompt)
         for t in dict.fromkeys(tids):
             if t not in words:
-                word = tokenizer.decode([t]).strip() if isinstance(t, int) else ""
+                word = tokenizer.decode([t]).strip()
                 words[t] = (word, re.compile(rf"(?<!\w){re.escape(word)}(?!\w)")) if word else None
             if words[t] is not None and len(words[t][1].findall(text)) > ids.count(t):
                 out.append((n, words[t][0]))
