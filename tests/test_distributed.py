@@ -112,11 +112,11 @@ def two_process(tmp_path_factory, tiny_llama) -> dict:
     prompts = [ex.prompt for ex in make_data(cfg, tiny_llama.tokenizer)[0]]
     real, calls = type(tiny_llama).encode_ids, []
 
-    def interrupted(self, ids):
+    def interrupted(self, ids, bf16=False):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, ids)
+        return real(self, ids, bf16)
 
     with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
         mp.setattr(type(tiny_llama), "encode_ids", interrupted)
@@ -266,10 +266,11 @@ def test_each_process_takes_the_gpu_of_its_local_rank(monkeypatch):
 
 
 @pytest.mark.parametrize("bf16", [False, True])
-def test_bf16_autocasts_the_loop_and_keeps_every_parameter_float32(tmp_path, tiny_llama, monkeypatch, bf16):
+def test_bf16_autocasts_the_loop_and_keeps_every_parameter_float32(tmp_path, tiny_llama, monkeypatch, caplog, bf16):
     """The training step under bf16=true (autocast on the run's device: here the CPU, on a GPU CUDA's)."""
     seen, real = [], rlf.train.loop_loss
     monkeypatch.setattr(rlf.train, "loop_loss", lambda logits, *a: seen.append(logits.dtype) or real(logits, *a))
+    monkeypatch.setattr(rlf.train, "native_cpu_bf16", lambda: False)  # a CPU without it is warned
     cfg = load_config("tiny", [f"cache_dir={tmp_path / 'cache'}", "n_train=16", "n_val=4", "batch_size=4",
                                "max_steps=2", "val_every=2", "ckpt_every=2", "device=cpu", f"bf16={bf16}"])
     summary = train(cfg, tmp_path / "run", progress=False, base=tiny_llama)
@@ -277,6 +278,9 @@ def test_bf16_autocasts_the_loop_and_keeps_every_parameter_float32(tmp_path, tin
     weights = load_file(tmp_path / "run" / "model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.float32} and "lifeline_gate" in weights
     assert summary["steps"] == 2 and summary["skipped_steps"] == 0
+    # the prompts are encoded under the same autocast, into cache entries of their own
+    assert {json.loads(p.read_text())["bf16"] for p in (tmp_path / "cache").rglob("index.json")} == {bf16}
+    assert ("without native bfloat16" in caplog.text) == bf16
 
 
 # the architecture of each GPU preset's base (its config.json on the hub): model type, layers

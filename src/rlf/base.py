@@ -264,8 +264,10 @@ class Base:
         return self.tokenizer(list(texts))["input_ids"]
 
     @torch.no_grad()
-    def encode_ids(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hidden states [B, T, d] (right-padded, float32) and lengths [B] for pre-tokenised prompts."""
+    def encode_ids(self, ids: list[list[int]], bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states [B, T, d] (right-padded, float32) and lengths [B] for pre-tokenised prompts; `bf16`: the base
+        runs under bfloat16 autocast (3.1x faster on a 2-core AVX512-BF16 CPU, 0.6% mean relative error per position
+        against float32: benchmarks/bench_bf16.py)."""
         lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
         if (lengths == 0).any():
             raise RLFError("cannot encode an empty prompt")
@@ -276,7 +278,8 @@ class Base:
             input_ids[i, : len(x)] = torch.tensor(x)
             mask[i, : len(x)] = 1
         kw = {} if self.model.config.model_type.startswith("mamba") else {"attention_mask": mask.to(self.device)}
-        out = self.model.base_model(input_ids=input_ids.to(self.device), **kw)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = self.model.base_model(input_ids=input_ids.to(self.device), **kw)
         hidden = out.last_hidden_state.float()  # (B, T, d), after the final norm
         return hidden, lengths
 

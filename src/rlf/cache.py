@@ -48,10 +48,10 @@ def tokenize_prompts(base: Base, template: str, prompts: list[str]) -> list[list
     return base.tokenize([apply_template(template, p) for p in prompts])
 
 
-def cache_key(base: Base, template: str, prompts: list[str], storage: str) -> str:
+def cache_key(base: Base, template: str, prompts: list[str], storage: str, bf16: bool = False) -> str:
     """A hash of everything an encoding depends on."""
     h = hashlib.sha256()
-    for part in (base.fingerprint, str(base.encoder_layers), template, storage):
+    for part in (base.fingerprint, str(base.encoder_layers), template, storage) + (("bf16",) if bf16 else ()):
         h.update(part.encode() + b"\0")
     for p in prompts:
         h.update(p.encode() + b"\0")
@@ -119,12 +119,14 @@ def encode_cached(
     storage: str = "float16",
     batch_size: int = 32,
     progress: bool = True,
+    bf16: bool = False,
 ) -> EncodedSet:
-    """Encode each prompt once with the frozen base and keep the result on disk; reuse it when nothing changed."""
+    """Encode each prompt once with the frozen base and keep the result on disk; reuse it when nothing changed.
+    `bf16`: encoded under bfloat16 autocast (`Base.encode_ids`), a cache entry of its own."""
     if storage not in STORAGE:
         raise ValueError(f"storage must be one of {list(STORAGE)}")
     texts = [apply_template(template, p) for p in prompts]
-    key = cache_key(base, template, texts, storage)
+    key = cache_key(base, template, texts, storage, bf16)
     final = Path(cache_dir) / key
     world = distributed.join()
     if distributed.main_first(lambda: (final / "index.json").is_file()):  # every rank follows rank 0's answer
@@ -133,7 +135,7 @@ def encode_cached(
 
     with _build_lock(Path(cache_dir), key, world.main):
         if not distributed.main_first(lambda: (final / "index.json").is_file()):
-            _build(base, texts, template, storage, batch_size, progress and world.main, final, world)
+            _build(base, texts, template, storage, batch_size, progress and world.main, final, world, bf16)
         return _open_seen(final)
 
 
@@ -156,7 +158,7 @@ def _open_seen(final: Path) -> EncodedSet:
 
 
 def _build(base: Base, texts: list[str], template: str, storage: str, batch_size: int, progress: bool,
-           final: Path, world: distributed.World) -> None:
+           final: Path, world: distributed.World, bf16: bool = False) -> None:
     """Encode every batch (this rank's share of them) and, on rank 0, write the entry; rank 0's progress file says
     how many batches are done, so a build resumes after the last one written."""
     ids = base.tokenize(texts)
@@ -189,7 +191,7 @@ def _build(base: Base, texts: list[str], template: str, storage: str, batch_size
         mine = first + world.rank
         h = None
         if mine < len(batches):
-            h, _ = base.encode_ids([ids[i] for i in batches[mine]])  # (B, T, d)
+            h, _ = base.encode_ids([ids[i] for i in batches[mine]], bf16)  # (B, T, d)
             h = h.to(torch_dtype).cpu()
             h = h.view(torch.int16).numpy().view(np.uint16) if storage == "bfloat16" else h.numpy()
         encoded = distributed.gather(h)
@@ -205,7 +207,7 @@ def _build(base: Base, texts: list[str], template: str, storage: str, batch_size
     bar.close()
     del hidden
     meta = {"base": base.spec, "fingerprint": base.fingerprint, "encoder_layers": base.encoder_layers,
-            "template": template, "storage": storage, "n": len(texts), "d": d,
+            "template": template, "storage": storage, "bf16": bf16, "n": len(texts), "d": d,
             "offsets": offsets.tolist(), "lengths": lengths.tolist(),
             "build_seconds": round(seconds + time.perf_counter() - t0, 1)}
 

@@ -163,7 +163,7 @@ def prepare_split(examples: list[Example], base: Base, cfg: TrainConfig, name: s
     if not examples:
         raise RLFError(f"{name}: no examples")
     encoded = encode_cached(base, [ex.prompt for ex in examples], cfg.cache_dir, cfg.template, cfg.storage,
-                            progress=progress)
+                            progress=progress, bf16=cfg.bf16)
     prompt_ids = None
     if cfg.feedback == "pointer":
         prompt_ids = tokenize_prompts(base, cfg.template, [ex.prompt for ex in examples])
@@ -596,6 +596,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
 
     device = base.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)  # parameters stay float32
+    if cfg.bf16 and device.type == "cpu" and not native_cpu_bf16():
+        log.warning("bf16=true on a CPU without native bfloat16 arithmetic (AVX512-BF16 or AMX): it can be slower "
+                    "than float32 here; bf16=false trains the same recipe in float32")
     step_fn = TrainStep(model)
     if world.size > 1:  # the buffers are the frozen LM head, the same on every rank: not synced every step
         no_sync = "forward_sync_buffers" if "forward_sync_buffers" in DDP_ARGS else "broadcast_buffers"  # torch < 2.13
@@ -757,6 +760,12 @@ def train_or_reuse(cfg: TrainConfig, out: Path, base: Base | None = None) -> dic
     return train(cfg, out, resume=(out / "config.json").is_file(), base=base)
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU does bfloat16 matrix arithmetic natively (oneDNN's own check: AVX512-BF16 or AMX)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check and check())
+
+
 # ----------------------------------------------------------------------------------------------- loading
 
 @dataclass
@@ -781,7 +790,7 @@ class LoadedRun:
         for p, x in zip(prompts, ids):
             if limit and len(x) > limit:
                 raise RLFError(f"prompt of {len(x)} tokens is longer than the base's limit of {limit}: {p[:60]!r}...")
-        x, lengths = self.base.encode_ids(ids)
+        x, lengths = self.base.encode_ids(ids, self.config.bf16)  # as the run's prompts were encoded
         return x, lengths, ({"prompt_ids": pad_ids(ids, x.shape[1])} if self.config.feedback == "pointer" else {})
 
     def solve(self, prompts: list[str], max_loops: int | None = None, **ablation) -> list[list[dict]]:
