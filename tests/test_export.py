@@ -353,10 +353,11 @@ def test_export_is_c99_and_warning_free(tmp_path):
 
 def test_embedded_base_matches_solve(runtime, embedded_base, tmp_path_factory, cache_dir):
     """A short-trained Mamba2 run on SmolLM2-135M (first 6 layers, rope θ 1e5, 9 query / 3 key-value heads):
-    the real tokenizer, the real encoder, the trained loop."""
+    the real tokenizer, the real encoder, the trained loop. In float32: the runtime computes in float32, and a
+    bf16 run's `solve` encodes under bf16 autocast (0.6% mean error per position), so their traces differ a little."""
     run = tmp_path_factory.mktemp("smol") / "run"
     cfg = load_config("default", ["n_train=32", "n_val=8", "batch_size=8", "max_steps=12", "lr=3e-3",
-                                  "warmup_steps=2", "early_stop_patience=0", "device=cpu", "val_every=12",
+                                  "warmup_steps=2", "early_stop_patience=0", "device=cpu", "val_every=12", "bf16=false",
                                   "ckpt_every=12", f"cache_dir={cache_dir}"])
     train(cfg, run, progress=False, base=embedded_base)
     loaded = load_run(run, device="cpu", base=embedded_base)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 DEMO = {
     "full": {
         "preset": "default",  # the embedded SmolLM2-135M (first 6 layers), Mamba2 core, forward chains of 1-5 hops
-        "train": ["n_train=8000", "n_val=300", "max_steps=1000", "val_every=100", "ckpt_every=100"],
+        "train": ["n_val=300", "max_steps=1500", "ckpt_every=100"],  # the preset's 20,000 chains, bf16, early stop
         "eval_hops": "1-5,6,8,10",  # in-distribution 1-5, OOD 6, 8, 10
         "eval_n": 100,  # held-out chains per hop count; the ablations run in distribution only
         "memory_loops": (1, 2, 4, 8, 16, 32, 64),
