@@ -26,10 +26,6 @@ from rlf.tasks import generate, parse_hops
 from rlf.train import build_model, chain_options, make_optimizer, pad_ids, target_ids_of
 
 
-def autocast(on: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=on)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="pointer")
@@ -50,16 +46,13 @@ def main() -> None:
 
     encode(False)  # warm-up
     secs: dict[bool, list[float]] = {False: [], True: []}
+    outs: dict[bool, list[torch.Tensor]] = {}
     for _ in range(args.rounds):
         for bf16 in (False, True):
-            out, s = encode(bf16)
+            outs[bf16], s = encode(bf16)
             secs[bf16].append(s)
-            if bf16:
-                fast = out
-            else:
-                exact = out
     err, f16 = [], []
-    for a, b, rows in zip(exact, fast, batches):
+    for a, b, rows in zip(outs[False], outs[True], batches):
         valid = torch.arange(a.shape[1])[None, :] < torch.tensor([len(r) for r in rows])[:, None]
         norm = a.norm(dim=-1)[valid]
         err.append((a - b).norm(dim=-1)[valid] / norm)
@@ -88,7 +81,7 @@ def main() -> None:
 
     def step(bf16: bool) -> float:
         t = time.perf_counter()
-        with autocast(bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(x, lengths, n, **extra)
         loss, _ = loop_loss(logits, targets)
         opt.zero_grad(set_to_none=True)

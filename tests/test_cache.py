@@ -47,8 +47,8 @@ def test_packed_at_own_length(tmp_path, tiny_llama):
 def test_hit_miss_and_invalidation(tmp_path, tiny_llama, monkeypatch):
     first = encode_cached(tiny_llama, PROMPTS, tmp_path, progress=False)
     calls = []
-    monkeypatch.setattr(type(tiny_llama), "encode_ids", lambda self, ids, bf16=False: calls.append(1) or (_ for _ in ()).throw(
-        AssertionError("cache hit must not run the base")))
+    monkeypatch.setattr(type(tiny_llama), "encode_ids", lambda self, ids, bf16=False: calls.append(1) or (
+        _ for _ in ()).throw(AssertionError("cache hit must not run the base")))
     again = encode_cached(tiny_llama, PROMPTS, tmp_path, progress=False)
     assert again.path == first.path and not calls
     assert again.build_seconds == first.build_seconds >= 0  # a hit still says what the entry cost to build
@@ -79,7 +79,8 @@ def test_interrupted_encoding_resumes(tmp_path, tiny_llama, monkeypatch):
     monkeypatch.setattr(type(tiny_llama), "encode_ids", flaky)
     with pytest.raises(KeyboardInterrupt):
         encode_cached(tiny_llama, PROMPTS, tmp_path, batch_size=8, progress=False)
-    monkeypatch.setattr(type(tiny_llama), "encode_ids", lambda self, ids, bf16=False: seen.append(len(ids)) or real(self, ids, bf16))
+    monkeypatch.setattr(type(tiny_llama), "encode_ids",
+                        lambda self, ids, bf16=False: seen.append(len(ids)) or real(self, ids, bf16))
     seen.clear()
     resumed = encode_cached(tiny_llama, PROMPTS, tmp_path, batch_size=8, progress=False)
     assert len(seen) == 3  # 5 batches, 2 done before the interruption

@@ -266,7 +266,7 @@ class Base:
     @torch.no_grad()
     def encode_ids(self, ids: list[list[int]], bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states [B, T, d] (right-padded, float32) and lengths [B] for pre-tokenised prompts; `bf16`: the base
-        runs under bfloat16 autocast (3.1x faster on a 2-core AVX512-BF16 CPU, 0.6% mean relative error per position
+        runs under bfloat16 autocast (2.9x faster on a 2-core AVX512-BF16 CPU, 0.6% mean relative error per position
         against float32: benchmarks/bench_bf16.py)."""
         lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
         if (lengths == 0).any():

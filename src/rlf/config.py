@@ -78,8 +78,9 @@ class TrainConfig:
     max_steps: int = 2000
     decay_steps: int = 0  # the cosine's length, when it is not the run's (or phase's) steps: past it, lr stays at 10%
     grad_clip: float = 1.0
-    bf16: bool = False  # bfloat16 autocast on the run's device, in training steps and in encoding the prompts (a CPU with
-    # AVX512-BF16 too: 2.8x faster pointer task steps, 3.1x faster encoding); parameters, the gate too, stay float32
+    # bfloat16 autocast on the run's device, in training steps and in encoding the prompts (on a CPU with AVX512-BF16
+    # too: benchmarks/bench_bf16.py); parameters, the gate too, stay float32
+    bf16: bool = False
     device: str = "auto"
     # validation, early stop, checkpoints, logging
     val_every: int = 50
